@@ -1,0 +1,82 @@
+"""Evaluation episodes as a dataloader: cheap specs (envs + seeds + stage), played by the module.
+
+A batch is an :class:`EpisodeBatch`; the LightningModule plays it with the current players in
+its ``test_step``/``validation_step`` (see ``reflectrl.rollout.play_episodes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import reflectrl.envs  # noqa: F401  (registers the reflectrl/* env ids)
+
+
+@dataclass
+class EnvEvalConfig:
+    """Which environment episodes to evaluate on."""
+
+    env_id: str = "reflectrl/DangerousTaxi-v0"
+    """Registered gymnasium id of the environment."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the environment."""
+    stages: list[str] = field(default_factory=lambda: ["pickup", "full"])
+    """Curriculum stages to evaluate, each reported separately."""
+    split: str = "test"
+    """Start-state split to draw episodes from (held out from the SFT data)."""
+    episodes: int = 100
+    """Episodes per stage."""
+    batch_size: int = 50
+    """Episodes played in lockstep (one batched forward per step)."""
+    seed: int = 10_000
+    """Seeds of the episodes are seed, seed+1, ... (the same for every stage)."""
+
+
+class EpisodeBatch:
+    """Envs to play, one episode each. A plain class so Lightning's batch transfer leaves it alone."""
+
+    def __init__(self, env_id: str, envs: list[gym.Env], seeds: list[int], options: dict[str, Any]) -> None:
+        self.env_id = env_id
+        self.envs = envs
+        self.seeds = seeds
+        self.options = options
+
+    @property
+    def stage(self) -> str:
+        return str(self.options.get("stage", ""))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+class EpisodeBatches:
+    """Re-iterable stream of EpisodeBatch for every stage of an EnvEvalConfig.
+
+    The env instances are made once and reused (env state is fully reset by ``reset(seed)``).
+    """
+
+    def __init__(self, config: EnvEvalConfig) -> None:
+        self.config = config
+        self._envs: list[gym.Env] | None = None
+
+    def envs(self) -> list[gym.Env]:
+        if self._envs is None:
+            self._envs = [gym.make(self.config.env_id, **self.config.env_kwargs) for _ in range(self.config.batch_size)]
+        return self._envs
+
+    def __iter__(self) -> Iterator[EpisodeBatch]:
+        cfg = self.config
+        seeds = np.arange(cfg.seed, cfg.seed + cfg.episodes).tolist()
+        for stage in cfg.stages:
+            for start in range(0, cfg.episodes, cfg.batch_size):
+                chunk = seeds[start : start + cfg.batch_size]
+                yield EpisodeBatch(cfg.env_id, self.envs()[: len(chunk)], chunk, {"stage": stage, "split": cfg.split})
+
+    def __len__(self) -> int:
+        # A finite, exact length: lets Lightning show a progress bar for evaluation.
+        per_stage = -(-self.config.episodes // self.config.batch_size)
+        return per_stage * len(self.config.stages)

@@ -1,0 +1,18 @@
+"""Gymnasium text environments of reflectrl (installed as ``reflectrl.envs``).
+
+Importing this package registers the environments with gymnasium, so that e.g.
+``gymnasium.make("reflectrl/DangerousTaxi-v0", stage="pickup")`` works; the privileged oracle
+stays reachable through ``env.unwrapped``.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from .taxi import ENV_ID as TAXI_ENV_ID
+from .taxi import DangerousTaxiEnv
+
+# Idempotent: re-importing (or reloading) this module must not re-register (gymnasium warns).
+# No max_episode_steps: the env truncates itself at its own `horizon`.
+if TAXI_ENV_ID not in registry:
+    register(id=TAXI_ENV_ID, entry_point="reflectrl.envs.taxi:DangerousTaxiEnv")
+
+__all__ = ["TAXI_ENV_ID", "DangerousTaxiEnv"]

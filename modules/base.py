@@ -1,0 +1,132 @@
+"""The base LightningModule: one trainable LM player, its optimiser, lean checkpoints, export.
+
+Subclasses (one level only): ReflectionSFTModule, PolicySFTModule, RLFTModule. They add the
+loss, the metrics and, for the players that act, environment evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone
+from reflectrl.errors import ReflectRLError
+
+log = logging.getLogger("reflectrl")
+
+
+def as_backbone_config(value: BackboneConfig | dict[str, Any] | None) -> BackboneConfig | None:
+    """Accept a BackboneConfig or its dict form (hparams from a checkpoint are plain dicts)."""
+    if value is None or isinstance(value, BackboneConfig):
+        return value
+    values = dict(value)
+    if isinstance(values.get("lora"), dict):
+        values["lora"] = LoraSettings(**values["lora"])
+    return BackboneConfig(**values)
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses to dicts, recursively: checkpoints must hold primitives only (weights_only)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+class LMModule(pl.LightningModule):
+    """Base of every reflectrl LightningModule.
+
+    Checkpoints hold only the parameters that are trained (``requires_grad``): frozen bases and
+    the frozen reflection player are rebuilt from their configs, so a LoRA run's checkpoint is
+    megabytes, not gigabytes. ``export_dir`` receives a ``save_pretrained`` copy of the trained
+    player at the end of ``fit``, which later stages load by path.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.1,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the trainable player's model (tiny default or any Hugging Face model).
+            lr: peak AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio * lr``.
+            min_lr_ratio: final learning rate as a fraction of ``lr``.
+            export_dir: folder for a ``save_pretrained`` export of the trained player at the end
+                of ``fit`` (None: no export).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for store in (self._hparams, self._hparams_initial):
+            for key in list(store):
+                store[key] = _plain(store[key])
+        self.backbone_config = as_backbone_config(backbone)
+        self.model, self.tokenizer = build_backbone(self.backbone_config)
+        # Frozen weights are left out of checkpoints, so loading must tolerate their absence;
+        # on_load_checkpoint checks that every *trained* weight is present instead.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ optimisation
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, total)
+        floor = self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.optimizers:
+            self.log("charts/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trained_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained = self._trained_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self._trained_keys() - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise ReflectRLError(
+                f"checkpoint does not hold {len(missing)} trained weights of this model (e.g. '{missing[0]}'): "
+                "was it written by a different model config?"
+            )
+
+    @rank_zero_only
+    def export(self) -> None:
+        if self.hparams.export_dir:
+            export_backbone(self.model, self.tokenizer, self.hparams.export_dir)
+            log.info("exported the trained player to %s", self.hparams.export_dir)
+
+    def on_fit_end(self) -> None:
+        self.export()

@@ -1,0 +1,52 @@
+"""Environment evaluation shared by every module whose players act (policy SFT, RLFT)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import nn
+
+from reflectrl.agent import TwoPlayerAgent
+from reflectrl.datamodules.episodes import EpisodeBatch
+from reflectrl.modules.metrics import EpisodeMetrics, write_results
+from reflectrl.rollout import play_episodes
+
+log = logging.getLogger("reflectrl")
+
+
+class EnvEvaluation(nn.Module):
+    """Plays EpisodeBatches greedily, accumulates per-stage metrics, writes ``results.json``."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self.phase = phase
+        self.metrics = EpisodeMetrics()
+        self.env_id = ""
+
+    def play(self, batch: EpisodeBatch, agent: TwoPlayerAgent) -> None:
+        episodes = play_episodes(batch.envs, batch.seeds, batch.options, agent.decide)
+        self.env_id = batch.env_id
+        self.metrics.update(batch.stage, episodes)
+
+    def finish(self, module: pl.LightningModule, extra: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+        """Log ``{phase}/{stage}/{metric}``, write results.json into the run folder, reset."""
+        per_stage = self.metrics.compute()
+        for stage, values in per_stage.items():
+            for name, value in values.items():
+                module.log(f"{self.phase}/{stage}/{name}", float(value), batch_size=1, sync_dist=False)
+        trainer = module.trainer
+        if per_stage and trainer.is_global_zero and self.phase == "test":
+            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            path = write_results(folder / "results.json", self.env_id, per_stage, extra or {})
+            log.info("wrote %s", path)
+            for stage, values in per_stage.items():
+                log.info(
+                    "%s %s: success %.1f%%, return %.3f, crash %.1f%% over %d episodes",
+                    self.phase, stage, 100 * values["success_rate"], values["mean_return"],
+                    100 * values["crash_rate"], values["episodes"],
+                )
+        self.metrics.reset()
+        return per_stage

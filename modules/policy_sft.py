@@ -1,0 +1,108 @@
+"""Policy SFT: teach the policy player to choose the teacher's action from the enumerated list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from reflectrl.agent import ActingSettings, TwoPlayerAgent
+from reflectrl.backbone import BackboneConfig, build_backbone
+from reflectrl.datamodules.episodes import EpisodeBatch
+from reflectrl.modules.base import LMModule, as_backbone_config
+from reflectrl.modules.evaluation import EnvEvaluation
+
+
+def choice_nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row NLL of the target choice under log-probs already masked to the valid labels."""
+    return F.nll_loss(log_probs, targets, reduction="none")
+
+
+class PolicySFTModule(LMModule):
+    """NLL of the chosen action's label, scored over the valid labels only.
+
+    ``test`` plays the environment with both players (the frozen reflection player is loaded
+    from ``reflector``), giving the "SFT only" row of the paper's table.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        reflector: BackboneConfig | None = None,
+        acting: ActingSettings | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.1,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the policy player's model.
+            reflector: the frozen reflection player used when the policy acts in an environment
+                (``test``); usually the reflection SFT export folder. Not needed when
+                ``acting.reflect`` is false.
+            acting: reflect or not (the "without reflection" baseline), reflection length,
+                prompt length.
+            lr, weight_decay, warmup_steps, min_lr_ratio, export_dir: see LMModule.
+        """
+        super().__init__(backbone, lr, weight_decay, warmup_steps, min_lr_ratio, export_dir)
+        self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
+        self.reflector_config = as_backbone_config(reflector)
+        self._reflector: tuple[Any, Any] | None = None
+        self.val_loss = MeanMetric()
+        self.val_accuracy = MeanMetric()
+        self.val_optimal = MeanMetric()
+        self.evaluation = EnvEvaluation("test")
+
+    # ------------------------------------------------------------------ SFT
+    def _choice_log_probs(self, records: list[dict[str, Any]]) -> torch.Tensor:
+        agent = self.agent(need_reflector=False)
+        reflections = [r.get("reflection") if self.acting.reflect else None for r in records]
+        texts = agent.policy_prompts([r["observation"] for r in records], reflections, [r["valid_actions"] for r in records])
+        return agent.choice_log_probs(texts, [len(r["valid_actions"]) for r in records])
+
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        targets = torch.tensor([r["action"] for r in batch], device=self.device)
+        loss = choice_nll(self._choice_log_probs(batch), targets).mean()
+        self.log("train/policy_loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        log_probs = self._choice_log_probs(batch)
+        targets = torch.tensor([r["action"] for r in batch], device=self.device)
+        choices = log_probs.argmax(dim=-1)
+        self.val_loss.update(choice_nll(log_probs, targets))
+        self.val_accuracy.update((choices == targets).float())
+        optimal = [c in r.get("optimal_actions", [r["action"]]) for c, r in zip(choices.tolist(), batch, strict=True)]
+        self.val_optimal.update(torch.tensor(optimal, dtype=torch.float, device=self.device))
+        size = len(batch)
+        self.log("val/policy_loss", self.val_loss, batch_size=size)
+        self.log("val/choice_accuracy", self.val_accuracy, prog_bar=True, batch_size=size)
+        self.log("val/optimal_choice_rate", self.val_optimal, batch_size=size)
+
+    # ------------------------------------------------------------------ acting
+    def agent(self, need_reflector: bool = True) -> TwoPlayerAgent:
+        reflector, reflector_tokenizer = None, None
+        if need_reflector and self.acting.reflect:
+            if self._reflector is None:
+                if self.reflector_config is None:
+                    raise ValueError("model.init_args.reflector must be set to act with reflections")
+                frozen = self.reflector_config.__class__(**{**vars(self.reflector_config), "trainable": False})
+                model, tokenizer = build_backbone(frozen)
+                # Kept out of the module tree: never trained, never checkpointed.
+                self._reflector = (model.to(self.device), tokenizer)
+            reflector, reflector_tokenizer = self._reflector
+        settings = self.acting if need_reflector else ActingSettings(**{**vars(self.acting), "reflect": False})
+        return TwoPlayerAgent(self.model, self.tokenizer, reflector, reflector_tokenizer, settings)
+
+    def test_step(self, batch: EpisodeBatch | list[dict[str, Any]], batch_idx: int) -> None:
+        if isinstance(batch, EpisodeBatch):
+            self.evaluation.play(batch, self.agent())
+        else:
+            self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluation.finish(self, {"model": type(self).__name__, "reflect": self.acting.reflect})

@@ -1,0 +1,105 @@
+"""The two players acting together: reflect on each state, then choose among enumerated actions.
+
+A plain object (not a LightningModule) shared by evaluation and RL rollouts: it holds references
+to the players' models and only runs them; whoever owns the models decides what is trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reflectrl import prompts
+from reflectrl.lm import choice_log_probs, encode_choice_batch, generate_reflections
+from reflectrl.rollout import Decision
+
+
+@dataclass
+class ActingSettings:
+    """How the players act."""
+
+    reflect: bool = True
+    """Ask the reflection player before every choice (False: the no-reflection baseline)."""
+    reflection_max_tokens: int = 96
+    """Longest reflection generated, in tokens."""
+    max_prompt_tokens: int = 768
+    """Prompts longer than this are cut from the left (the action list is kept)."""
+
+
+class TwoPlayerAgent:
+    """Reflection player + policy player over text observations and valid-action lists."""
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        policy_tokenizer: PreTrainedTokenizerBase,
+        reflector: PreTrainedModel | None,
+        reflector_tokenizer: PreTrainedTokenizerBase | None,
+        settings: ActingSettings,
+    ) -> None:
+        if settings.reflect and reflector is None:
+            raise ValueError("reflect=True needs a reflection model (model.init_args.reflector)")
+        self.policy = policy
+        self.policy_tokenizer = policy_tokenizer
+        self.reflector = reflector
+        self.reflector_tokenizer = reflector_tokenizer
+        self.settings = settings
+
+    @torch.no_grad()
+    def reflect(self, observations: Sequence[str]) -> list[str | None]:
+        """Greedy reflections of the frozen reflection player (None for every state when off)."""
+        if not self.settings.reflect:
+            return [None] * len(observations)
+        assert self.reflector is not None and self.reflector_tokenizer is not None
+        texts = generate_reflections(
+            self.reflector,
+            self.reflector_tokenizer,
+            [prompts.reflection_prompt(o) for o in observations],
+            max_new_tokens=self.settings.reflection_max_tokens,
+            temperature=0.0,
+        )
+        return list(texts)
+
+    def policy_prompts(
+        self, observations: Sequence[str], reflections: Sequence[str | None], valid_actions: Sequence[Sequence[str]]
+    ) -> list[str]:
+        return [
+            prompts.policy_prompt(o, r, list(a)) for o, r, a in zip(observations, reflections, valid_actions, strict=True)
+        ]
+
+    def choice_log_probs(self, policy_prompts: Sequence[str], num_choices: Sequence[int]) -> torch.Tensor:
+        """[B, max_choices] log-probs over each row's valid labels (-inf elsewhere); keeps grad."""
+        batch = encode_choice_batch(
+            self.policy_tokenizer, list(policy_prompts), list(num_choices), self.settings.max_prompt_tokens
+        )
+        device = next(self.policy.parameters()).device
+        return choice_log_probs(self.policy, batch.to(device))
+
+    @torch.no_grad()
+    def decide(
+        self,
+        observations: Sequence[str],
+        valid_actions: Sequence[list[str]],
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> list[Decision]:
+        """Reflect, then choose (argmax, or a sample from the masked distribution)."""
+        reflections = self.reflect(observations)
+        texts = self.policy_prompts(observations, reflections, valid_actions)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            log_probs = self.choice_log_probs(texts, [len(a) for a in valid_actions]).float().cpu()
+        finally:
+            self.policy.train(was_training)
+        if greedy:
+            actions = log_probs.argmax(dim=-1)
+        else:
+            actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)
+        return [
+            Decision(action=int(a), extra={"reflection": r, "prompt": p, "log_prob": float(lp[a])})
+            for a, r, p, lp in zip(actions.tolist(), reflections, texts, log_probs, strict=True)
+        ]

@@ -1,0 +1,312 @@
+"""An offline teacher: writes reflections from the environment's privileged facts, no network.
+
+The reflections are what the reflection model learns to generate token by token at every RL step,
+so they are short (about 50-130 characters, never above :data:`MAX_CHARS`), one line, and end with
+the move to make. They state the facts as the agent's own analysis and never mention where the
+facts came from (no "hint", no "oracle", no "optimal action"), so the reflection model learns to
+derive them from the observation.
+
+Variation: each request gets its own ``random.Random`` seeded from ``(seed, observation)`` through
+a stable hash, so the text is deterministic and does not depend on request order or batching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from reflectrl.prompts import sanitize_line
+from reflectrl.teachers.base import Mistake, ReflectionRequest, Teacher
+
+MAX_CHARS = 160
+"""Hard cap on a reflection's length (characters)."""
+TARGET_CHARS = 130
+"""Optional parts of a reflection are dropped until it fits this length."""
+
+Writer = Callable[[ReflectionRequest, random.Random], str]
+"""``writer(request, rng) -> reflection``: one env's reflection writer."""
+
+WRITERS: dict[str, Writer] = {}
+"""Registry of per-env writers, keyed by the registered env id (``facts["env"]``)."""
+
+
+def register_writer(env_id: str) -> Callable[[Writer], Writer]:
+    """Decorator: register ``writer`` as the OfflineTeacher's writer for ``env_id``."""
+
+    def decorate(writer: Writer) -> Writer:
+        WRITERS[env_id] = writer
+        return writer
+
+    return decorate
+
+
+def request_rng(seed: int, observation: str) -> random.Random:
+    """The phrasing RNG of one request; ``hashlib`` (not ``hash()``) so it is stable across processes."""
+    digest = hashlib.sha256(f"{seed}\x00{observation}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+class OfflineTeacher(Teacher):
+    """Writes short, varied reflections from ``privileged_facts()``; dispatches on ``facts["env"]``.
+
+    Args:
+        seed: Seed of the phrasing choices (different seeds give different wordings of the same
+            content).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def __repr__(self) -> str:
+        return f"OfflineTeacher(seed={self.seed})"
+
+    def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
+        """One reflection per request, same order."""
+        return [self.reflect_one(request) for request in requests]
+
+    def reflect_one(self, request: ReflectionRequest) -> str:
+        """The reflection of one request."""
+        env_id = request.facts.get("env")
+        writer = WRITERS.get(str(env_id))
+        if writer is None:
+            known = ", ".join(sorted(WRITERS)) or "none"
+            raise ValueError(f"OfflineTeacher has no reflection writer for env {env_id!r} (known: {known})")
+        text = sanitize_line(writer(request, request_rng(self.seed, request.observation)))
+        if not text or len(text) > MAX_CHARS:
+            # A writer bug, not a data problem: the templates are built to fit.
+            raise RuntimeError(f"reflection of {len(text)} characters (limit {MAX_CHARS}): {text!r}")
+        return text
+
+
+def fit(required_head: list[str], optional: list[str], required_tail: list[str]) -> str:
+    """Join sentences, dropping optional ones (last listed first) until the text fits TARGET_CHARS."""
+    optional = list(optional)
+    while True:
+        text = " ".join(required_head + optional + required_tail)
+        if len(text) <= TARGET_CHARS or not optional:
+            return text
+        optional.pop()
+
+
+# ---------------------------------------------------------------------------------------------
+# DangerousTaxi
+# ---------------------------------------------------------------------------------------------
+
+TAXI_ID = "reflectrl/DangerousTaxi-v0"
+DIRECTIONS = ("north", "south", "east", "west")
+NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def taxi_move_word(action: str) -> str:
+    """The key word of a Taxi action text: a direction, "pick up" or "drop off".
+
+    The reflection ends with this word so a policy can match it to the listed action.
+    """
+    lowered = action.lower()
+    for direction in DIRECTIONS:
+        if direction in lowered:
+            return direction
+    if "pick" in lowered:
+        return "pick up"
+    if "drop" in lowered:
+        return "drop off"
+    raise ValueError(f"unrecognised Taxi action {action!r}")
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{NUMBERS.get(n, str(n))} {unit}{'s' if n != 1 else ''}"
+
+
+def _offset(facts: dict[str, Any]) -> tuple[int, int]:
+    """(rows, columns) from the taxi to the current target; positive = down / right."""
+    taxi, target = facts["taxi"], facts["target_pos"]
+    return int(target[0]) - int(taxi[0]), int(target[1]) - int(taxi[1])
+
+
+def _toward(dr: int, dc: int) -> list[str]:
+    """Directions that bring the taxi closer to a target at offset (dr, dc)."""
+    dirs = []
+    if dr:
+        dirs.append("south" if dr > 0 else "north")
+    if dc:
+        dirs.append("east" if dc > 0 else "west")
+    return dirs
+
+
+def _relative(dr: int, dc: int, rng: random.Random) -> str:
+    """E.g. "two rows down and one column left" (order and joiner vary)."""
+    parts = []
+    if dr:
+        parts.append(f"{_count(abs(dr), 'row')} {'down' if dr > 0 else 'up'}")
+    if dc:
+        parts.append(f"{_count(abs(dc), 'column')} {'right' if dc > 0 else 'left'}")
+    if len(parts) == 2 and rng.random() < 0.5:
+        parts.reverse()
+    return rng.choice([" and ", ", "]).join(parts)
+
+
+def _target_sentence(facts: dict[str, Any], rng: random.Random) -> str:
+    """Where the taxi must go now, relative to its position."""
+    dr, dc = _offset(facts)
+    passenger, dest = facts["passenger"], facts["destination"]
+    if facts["target"] == "passenger":
+        if not dr and not dc:
+            return rng.choice(
+                [
+                    f"The taxi is at {passenger}, on the passenger's square.",
+                    f"Taxi and passenger share the square at {passenger}.",
+                    f"The taxi stands where the passenger waits, at {passenger}.",
+                ]
+            )
+        rel = _relative(dr, dc, rng)
+        return rng.choice(
+            [
+                f"The passenger waits at {passenger}, {rel}.",
+                f"Passenger at {passenger}: {rel} from the taxi.",
+                f"The passenger is {rel}, at {passenger}.",
+                f"Need the passenger at {passenger}, {rel}.",
+                f"{passenger} has the passenger, {rel}.",
+            ]
+        )
+    if not dr and not dc:
+        return rng.choice(
+            [
+                f"The taxi is at {dest}, the destination, with the passenger aboard.",
+                f"The taxi is at {dest} with the passenger.",
+                f"This is {dest}, where the passenger wants to go.",
+            ]
+        )
+    rel = _relative(dr, dc, rng)
+    return rng.choice(
+        [
+            f"Passenger aboard; the destination {dest} is {rel}.",
+            f"Carrying the passenger to {dest}, {rel}.",
+            f"{dest} is the destination, {rel}.",
+            f"Taking the passenger to {dest}: {rel}.",
+            f"The passenger is in the taxi and {dest} is {rel}.",
+        ]
+    )
+
+
+def _wall_sentence(facts: dict[str, Any], move: str, rng: random.Random) -> str | None:
+    """A wall remark when a wall stands between the taxi and its target (None when none matters)."""
+    dr, dc = _offset(facts)
+    toward = _toward(dr, dc)
+    walled = [d for d in toward if d in facts.get("blocked", [])]
+    if walled:
+        side = walled[0]
+        return rng.choice(
+            [
+                f"A wall blocks the way {side}.",
+                f"There is a wall to the {side}.",
+                f"The {side} side is walled off.",
+            ]
+        )
+    if move in DIRECTIONS and toward and move not in toward:
+        # The direct way is blocked further along: the move is a detour around walls.
+        return rng.choice(
+            [
+                "Walls block the direct way.",
+                "The straight route runs into a wall.",
+                "A wall is in the way further on.",
+            ]
+        )
+    return None
+
+
+def _move_sentence(facts: dict[str, Any], move: str, rng: random.Random) -> str:
+    """The move to make, last in the reflection."""
+    if move == "pick up":
+        return rng.choice(["Pick up the passenger.", "Pick up now.", "Time to pick up the passenger."])
+    if move == "drop off":
+        return rng.choice(["Drop off the passenger.", "Drop off here.", "Time to drop off the passenger."])
+    toward = _toward(*_offset(facts))
+    if toward and move not in toward:
+        # Wall-agnostic wording: the wall sentence may have been dropped to keep the text short.
+        return rng.choice([f"So head {move} first.", f"Go {move} first to get around.", f"First go {move}."])
+    return rng.choice([f"Go {move}.", f"Move {move}.", f"Next, go {move}.", f"Head {move}.", f"So drive {move}."])
+
+
+def _mistake_sentence(mistake: Mistake, facts_after: dict[str, Any], rng: random.Random) -> str:
+    """Why the previous action was wrong, judged in the state it was taken in."""
+    before = mistake.facts_before
+    word = taxi_move_word(mistake.action)
+    aboard = before["passenger"] == "taxi"
+    at = [int(v) for v in before["taxi"]]
+    if word in DIRECTIONS:
+        if word in before.get("blocked", []):
+            return rng.choice(
+                [
+                    f"Going {word} hit a wall; the taxi did not move.",
+                    f"The wall stopped the {word} move, so nothing changed.",
+                    f"Bumped into a wall going {word}.",
+                    f"No way {word}: a wall is there and the taxi stayed put.",
+                ]
+            )
+        if before["target"] == "passenger":
+            goal = f"the passenger at {before['passenger']}"
+        else:
+            goal = f"the destination {before['destination']}"
+        return rng.choice(
+            [
+                f"Going {word} was a detour away from {goal}.",
+                f"The {word} move led away from {goal}.",
+                f"Moving {word} took the taxi off course from {goal}.",
+                f"That step {word} wasted time; it does not lead to {goal}.",
+            ]
+        )
+    if word == "pick up":
+        if aboard:
+            return rng.choice(
+                [
+                    "The passenger was already aboard, so that pickup was illegal.",
+                    "Illegal pickup: the passenger was already in the taxi.",
+                ]
+            )
+        return rng.choice(
+            [
+                f"Illegal pickup: no passenger here, they wait at {before['passenger']}.",
+                "That pickup was illegal; the passenger is not on this square.",
+                f"No passenger on this square to collect; they are at {before['passenger']}.",
+            ]
+        )
+    # drop off
+    if not aboard:
+        return rng.choice(
+            [
+                "The taxi was empty, so that drop was illegal.",
+                "Illegal drop: there was no passenger in the taxi.",
+            ]
+        )
+    if at != [int(v) for v in before["destination_pos"]]:
+        return rng.choice(
+            [
+                f"Wrong place to let the passenger out; the destination is {before['destination']}.",
+                f"Dropping the passenger here was wrong: they want {before['destination']}.",
+            ]
+        )
+    return "That drop was a mistake."  # not reachable for a wrong action in Taxi
+
+
+@register_writer(TAXI_ID)
+def write_taxi(request: ReflectionRequest, rng: random.Random) -> str:
+    """DangerousTaxi: target and its relative position, a wall if it matters, then the move.
+
+    With a mistake: why the previous action was wrong first, then the same correction. The move
+    word of the current next action is always the last direction/pickup/drop-off word.
+    """
+    facts = request.facts
+    move = taxi_move_word(str(facts["next_action"]))
+    target = _target_sentence(facts, rng)
+    wall = _wall_sentence(facts, move, rng)
+    final = _move_sentence(facts, move, rng)
+    if request.mistake is not None:
+        error = _mistake_sentence(request.mistake, facts, rng)
+        # Wall remark is the first thing dropped, then the position, to stay short.
+        return fit([error], [target] + ([wall] if wall else []), [final])
+    head = [target]
+    if facts.get("last_event") in ("pickup", "picked_up") and facts["target"] == "destination":
+        head = [rng.choice(["Got the passenger.", "Passenger picked up."]) + " " + target]
+    return fit(head, [wall] if wall else [], [final])
