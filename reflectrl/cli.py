@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
-
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
@@ -44,7 +42,7 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def main(args: ArgsType = None) -> Any:
+def main(args: ArgsType = None) -> None:
     """Entry point of the ``reflectrl`` console script (and of ``python -m reflectrl``)."""
     argv = list(sys.argv[1:] if args is None else args)  # type: ignore[arg-type]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -52,8 +50,9 @@ def main(args: ArgsType = None) -> Any:
         if argv and argv[0] == "generate":
             from reflectrl.generate import generate_main
 
-            return generate_main(argv[1:])
-        return ReflectRLCLI(
+            generate_main(argv[1:])
+            return
+        ReflectRLCLI(
             LMModule,
             pl.LightningDataModule,
             subclass_mode_model=True,

@@ -40,7 +40,15 @@ POLICY_FIELDS: dict[str, FieldType] = {
 PLAIN_FIELDS: dict[str, FieldType] = {**POLICY_FIELDS, "reflection": type(None)}
 """Schema of ``plain_sft`` records: as policy records, with ``"reflection": null``."""
 
-_TYPE_NAMES = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+_TYPE_NAMES = {
+    type(None): "null",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    list: "list",
+    dict: "dict",
+}
 
 
 class DataError(ValueError):
@@ -73,7 +81,13 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="\n", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+        "w",
+        encoding="utf-8",
+        newline="\n",
+        dir=target.parent,
+        prefix=f".{target.name}.",
+        suffix=".tmp",
+        delete=False,
     )
     count = 0
     try:
@@ -84,6 +98,10 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
                 count += 1
             handle.flush()
             os.fsync(handle.fileno())
+        # NamedTemporaryFile creates the file private (0600); use a normal file's permissions.
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(handle.name, 0o666 & ~mask)
         os.replace(handle.name, target)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

@@ -80,14 +80,19 @@ class OfflineTeacher(Teacher):
         return text
 
 
-def fit(required_head: list[str], optional: list[str], required_tail: list[str]) -> str:
-    """Join sentences, dropping optional ones (last listed first) until the text fits TARGET_CHARS."""
-    optional = list(optional)
+def fit(parts: Sequence[tuple[str | None, int]]) -> str:
+    """Join ``(sentence, drop_rank)`` parts in order, dropping optional ones until TARGET_CHARS fits.
+
+    Rank 0 is required; among optional parts the highest rank is dropped first. None is skipped.
+    """
+    kept = [(text, rank) for text, rank in parts if text]
     while True:
-        text = " ".join(required_head + optional + required_tail)
-        if len(text) <= TARGET_CHARS or not optional:
-            return text
-        optional.pop()
+        joined = " ".join(text for text, _ in kept)
+        optional = [rank for _, rank in kept if rank > 0]
+        if len(joined) <= TARGET_CHARS or not optional:
+            return joined
+        drop = max(optional)
+        kept = [(text, rank) for text, rank in kept if rank != drop]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +195,12 @@ def _target_sentence(facts: dict[str, Any], rng: random.Random) -> str:
     )
 
 
+def _is_detour(facts: dict[str, Any], move: str) -> bool:
+    """True when ``move`` does not bring the taxi closer to its target (it goes around walls)."""
+    toward = _toward(*_offset(facts))
+    return move in DIRECTIONS and bool(toward) and move not in toward
+
+
 def _wall_sentence(facts: dict[str, Any], move: str, rng: random.Random) -> str | None:
     """A wall remark when a wall stands between the taxi and its target (None when none matters)."""
     dr, dc = _offset(facts)
@@ -204,7 +215,7 @@ def _wall_sentence(facts: dict[str, Any], move: str, rng: random.Random) -> str 
                 f"The {side} side is walled off.",
             ]
         )
-    if move in DIRECTIONS and toward and move not in toward:
+    if _is_detour(facts, move):
         # The direct way is blocked further along: the move is a detour around walls.
         return rng.choice(
             [
@@ -222,11 +233,12 @@ def _move_sentence(facts: dict[str, Any], move: str, rng: random.Random) -> str:
         return rng.choice(["Pick up the passenger.", "Pick up now.", "Time to pick up the passenger."])
     if move == "drop off":
         return rng.choice(["Drop off the passenger.", "Drop off here.", "Time to drop off the passenger."])
-    toward = _toward(*_offset(facts))
-    if toward and move not in toward:
+    if _is_detour(facts, move):
         # Wall-agnostic wording: the wall sentence may have been dropped to keep the text short.
         return rng.choice([f"So head {move} first.", f"Go {move} first to get around.", f"First go {move}."])
-    return rng.choice([f"Go {move}.", f"Move {move}.", f"Next, go {move}.", f"Head {move}.", f"So drive {move}."])
+    return rng.choice(
+        [f"Go {move}.", f"Move {move}.", f"Next, go {move}.", f"Head {move}.", f"So drive {move}."]
+    )
 
 
 def _mistake_sentence(mistake: Mistake, facts_after: dict[str, Any], rng: random.Random) -> str:
@@ -302,11 +314,13 @@ def write_taxi(request: ReflectionRequest, rng: random.Random) -> str:
     target = _target_sentence(facts, rng)
     wall = _wall_sentence(facts, move, rng)
     final = _move_sentence(facts, move, rng)
+    # A wall that explains a detour matters more than one beside a direct move.
+    wall_rank = 1 if _is_detour(facts, move) else 2
     if request.mistake is not None:
         error = _mistake_sentence(request.mistake, facts, rng)
-        # Wall remark is the first thing dropped, then the position, to stay short.
-        return fit([error], [target] + ([wall] if wall else []), [final])
-    head = [target]
-    if facts.get("last_event") in ("pickup", "picked_up") and facts["target"] == "destination":
-        head = [rng.choice(["Got the passenger.", "Passenger picked up."]) + " " + target]
-    return fit(head, [wall] if wall else [], [final])
+        # To stay short, drop the wall remark first, then the position.
+        return fit([(error, 0), (target, 1), (wall, wall_rank + 1), (final, 0)])
+    news = None
+    if facts.get("last_event") == "pickup" and facts["target"] == "destination":
+        news = rng.choice(["Got the passenger.", "Passenger picked up."])
+    return fit([(news, 3), (target, 0), (wall, wall_rank), (final, 0)])

@@ -1,0 +1,541 @@
+"""``reflectrl generate``: teacher datasets for the SFT warm-up (oracle trajectories + negatives).
+
+For every split and curriculum stage, episodes are played by the env's privileged oracle; every
+decision becomes one record (observation, valid actions, the oracle's action, all optimal
+actions) and the teacher writes its reflection. **Negative examples** branch off an oracle
+episode: in a copy of the episode in a non-dangerous env the oracle prefix is replayed, one wrong
+(non-optimal) action is taken, and the state reached after it is recorded with the teacher's
+explanation of the mistake and the oracle's action from there as the policy label.
+
+Generic over envs that follow the env API of ARCHITECTURE.md: nothing here knows Taxi.
+Fully deterministic: the same configuration writes byte-identical files.
+
+    reflectrl generate --config configs/taxi_data.yaml [--seed 1] [--overwrite true] [--print_config]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+
+import reflectrl.envs  # noqa: F401  (registers the envs with gymnasium)
+from reflectrl.data import (
+    PLAIN_FIELDS,
+    POLICY_FIELDS,
+    REFLECTION_FIELDS,
+    DataError,
+    validate_record,
+    write_jsonl,
+)
+from reflectrl.errors import ReflectRLError
+from reflectrl.prompts import sanitize_line
+from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher
+
+logger = logging.getLogger("reflectrl.generate")
+
+KINDS: tuple[str, ...] = (
+    "reflection_sft",
+    "policy_sft",
+    "plain_sft",
+    "reflection_sft_positive",
+    "policy_sft_positive",
+)
+"""Record files written per split (``{kind}.{split}.jsonl``)."""
+
+_KIND_SCHEMAS = {
+    "reflection_sft": REFLECTION_FIELDS,
+    "policy_sft": POLICY_FIELDS,
+    "plain_sft": PLAIN_FIELDS,
+    "reflection_sft_positive": REFLECTION_FIELDS,
+    "policy_sft_positive": POLICY_FIELDS,
+}
+
+MANIFEST = "manifest.json"
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` via SHA-256: identical in every process (unlike ``hash()``)."""
+    digest = hashlib.sha256("\x00".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class _Decision:
+    """One recorded decision (positive or negative), before the teacher's reflection."""
+
+    split: str
+    stage: str
+    seed: int
+    step: int
+    observation: str
+    valid_actions: list[str]
+    action: int
+    optimal_actions: list[int]
+    facts: dict[str, Any]
+    mistake: Mistake | None = None
+
+    @property
+    def negative(self) -> bool:
+        return self.mistake is not None
+
+
+class DataGenerator:
+    """Generates the reflection / policy SFT datasets of one env from its oracle and a teacher."""
+
+    def __init__(
+        self,
+        env_id: str = "reflectrl/DangerousTaxi-v0",
+        env_kwargs: dict[str, Any] | None = None,
+        stages: list[str] = ["pickup", "dropoff", "full"],  # noqa: B006  (copied, never mutated)
+        episodes: dict[str, int] = {"train": 40, "val": 20, "test": 20},  # noqa: B006
+        negatives_per_episode: int = 1,
+        teacher: Teacher = OfflineTeacher(),  # noqa: B008  (stateless; shown by --print_config)
+        output_dir: str = "data/taxi",
+        seed: int = 0,
+        overwrite: bool = False,
+        teacher_batch_size: int = 64,
+    ) -> None:
+        """Configure a generation run (nothing is done until :meth:`run`).
+
+        Args:
+            env_id: Registered gymnasium id of the env (it must follow the reflectrl env API:
+                text observations, ``info["valid_actions"]``, ``oracle_actions()``,
+                ``privileged_facts()``).
+            env_kwargs: Constructor kwargs of the env (negative examples are played with
+                ``dangerous=False`` added, so that a wrong action does not end the episode).
+            stages: Curriculum stages (``reset`` option ``stage``) to generate episodes for.
+            episodes: Number of oracle episodes per split and per stage, keyed by split
+                (``reset`` option ``split``): ``{"train": 40, "val": 20, "test": 20}``. A split
+                with 0 episodes gets no files.
+            negatives_per_episode: Negative examples branched off each episode (at distinct,
+                randomly chosen decision points; fewer when the episode has fewer).
+            teacher: Writes the reflections (default: the offline teacher).
+            output_dir: Folder the JSONL files and ``manifest.json`` are written to.
+            seed: Seed of everything random (episode seeds, negative points, wrong actions).
+            overwrite: Replace an existing non-empty ``output_dir`` (otherwise refuse).
+            teacher_batch_size: Reflection requests per ``teacher.reflect`` call.
+        """
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.stages = list(stages)
+        self.episodes = {str(split): int(count) for split, count in episodes.items()}
+        self.negatives_per_episode = int(negatives_per_episode)
+        self.teacher = teacher
+        self.output_dir = output_dir
+        self.seed = int(seed)
+        self.overwrite = bool(overwrite)
+        self.teacher_batch_size = int(teacher_batch_size)
+        if not self.stages:
+            raise ReflectRLError("generate: stages must list at least one stage")
+        if len(set(self.stages)) != len(self.stages):
+            raise ReflectRLError(f"generate: stages has duplicates: {self.stages}")
+        if any(count < 0 for count in self.episodes.values()) or not any(self.episodes.values()):
+            raise ReflectRLError(
+                f"generate: episodes must be >= 0 per split and not all 0, got {self.episodes}"
+            )
+        if self.negatives_per_episode < 0:
+            raise ReflectRLError(f"generate: negatives_per_episode must be >= 0, got {negatives_per_episode}")
+        if self.teacher_batch_size < 1:
+            raise ReflectRLError(f"generate: teacher_batch_size must be >= 1, got {teacher_batch_size}")
+        if not isinstance(teacher, Teacher):
+            raise ReflectRLError(f"generate: teacher must be a Teacher, got {type(teacher).__name__}")
+
+    # ------------------------------------------------------------------------------- public
+    def run(self) -> dict[str, Any]:
+        """Generate all files into ``output_dir``; returns a summary (counts, seconds, paths)."""
+        started = time.perf_counter()
+        output = Path(self.output_dir)
+        self._check_output(output)
+        env = self._make_env(self.env_kwargs)
+        # Negative examples continue after the wrong action, so they need crashes that only
+        # penalise.
+        safe_env = self._make_env(self.env_kwargs | {"dangerous": False})
+        try:
+            decisions, stats = self._collect(env, safe_env)
+        finally:
+            env.close()
+            safe_env.close()
+        reflections = self._reflect(decisions)
+        files = self._records_by_file(decisions, reflections)
+        manifest = self._manifest(files, stats)
+        self._write_output(output, files, manifest)
+        seconds = time.perf_counter() - started
+        summary = {
+            "output_dir": str(output),
+            "files": manifest["files"],
+            "decisions": len(decisions),
+            "negatives": stats["negatives"],
+            "seconds": round(seconds, 3),
+        }
+        logger.info(
+            "generate: wrote %d decisions (%d negatives) to %s in %.1f s",
+            len(decisions),
+            stats["negatives"],
+            output,
+            seconds,
+        )
+        return summary
+
+    # ---------------------------------------------------------------------------- episodes
+    def _make_env(self, kwargs: dict[str, Any]) -> gymnasium.Env:
+        try:
+            return gymnasium.make(self.env_id, **kwargs)
+        except (gymnasium.error.Error, TypeError, ValueError) as error:
+            raise ReflectRLError(
+                f"generate: cannot make env {self.env_id!r} with {kwargs}: {error}"
+            ) from None
+
+    def _reset(self, env: gymnasium.Env, seed: int, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        try:
+            return env.reset(seed=seed, options=dict(options))
+        except (ValueError, KeyError) as error:
+            raise ReflectRLError(
+                f"generate: env {self.env_id!r} rejected reset options {options}: {error}"
+            ) from None
+
+    def episode_seeds(self, split: str, stage: str) -> list[int]:
+        """The distinct episode seeds of (split, stage), derived from ``seed`` only."""
+        rng = random.Random(stable_seed(self.seed, "episodes", split, stage))
+        return rng.sample(range(2**31 - 1), self.episodes.get(split, 0))
+
+    def _collect(self, env: gymnasium.Env, safe_env: gymnasium.Env) -> tuple[list[_Decision], dict[str, Any]]:
+        """Play all oracle episodes and branch the negatives; check the split disjointness."""
+        # Fail fast on a bad stage/split name, before any episode is played.
+        for split, count in self.episodes.items():
+            for stage in self.stages if count else []:
+                self._reset(env, 0, {"stage": stage, "split": split})
+        decisions: list[_Decision] = []
+        starts: dict[str, set[str]] = {}
+        stats: dict[str, Any] = {"episodes": {}, "negatives": 0, "negatives_skipped": 0, "oracle_failures": 0}
+        for split, count in self.episodes.items():
+            if count == 0:
+                continue
+            stats["episodes"][split] = {}
+            for stage in self.stages:
+                options = {"stage": stage, "split": split}
+                for seed in self.episode_seeds(split, stage):
+                    positives, start, success = self._oracle_episode(env, seed, options)
+                    starts.setdefault(split, set()).add(start)
+                    stats["oracle_failures"] += not success
+                    negatives, skipped = self._negatives(safe_env, seed, options, positives)
+                    stats["negatives"] += len(negatives)
+                    stats["negatives_skipped"] += skipped
+                    # Each negative follows the positive decision it branched from.
+                    by_step = {n.step - 1: n for n in negatives}
+                    for decision in positives:
+                        decisions.append(decision)
+                        if decision.step in by_step:
+                            decisions.append(by_step[decision.step])
+                stats["episodes"][split][stage] = count
+                logger.info(
+                    "generate: %s/%s: %d episodes, %d decisions so far", split, stage, count, len(decisions)
+                )
+        self._check_disjoint(starts)
+        stats["start_states"] = {split: len(keys) for split, keys in starts.items()}
+        if stats["oracle_failures"]:
+            logger.warning("generate: %d oracle episodes did not succeed", stats["oracle_failures"])
+        return decisions, stats
+
+    def _oracle_episode(
+        self, env: gymnasium.Env, seed: int, options: dict[str, Any]
+    ) -> tuple[list[_Decision], str, bool]:
+        """Follow the oracle (lowest optimal index) from reset to the end of the episode."""
+        split, stage = options["split"], options["stage"]
+        observation, info = self._reset(env, seed, options)
+        if "split" in info and info["split"] != split:
+            raise DataError(
+                f"env {self.env_id} put seed {seed} in split {info['split']!r}, asked for {split!r}"
+            )
+        # The start state identifies the task; fall back to the first observation if the env
+        # does not report one.
+        start = json.dumps(info.get("start_state", observation), sort_keys=True, default=str)
+        decisions: list[_Decision] = []
+        for step in _count_steps(self.env_id, seed):
+            optimal = sorted(int(a) for a in env.unwrapped.oracle_actions())
+            if not optimal:
+                raise DataError(
+                    f"env {self.env_id}: the oracle has no action at step {step} (seed {seed}, {options})"
+                )
+            decision = _Decision(
+                split=split,
+                stage=stage,
+                seed=seed,
+                step=step,
+                observation=observation,
+                valid_actions=[str(a) for a in info["valid_actions"]],
+                action=optimal[0],
+                optimal_actions=optimal,
+                facts=env.unwrapped.privileged_facts(),
+            )
+            decisions.append(decision)
+            observation, _, terminated, truncated, info = env.step(decision.action)
+            if terminated or truncated:
+                return decisions, start, bool(info.get("success", False))
+        raise AssertionError("unreachable")  # _count_steps raises first
+
+    def _negatives(
+        self, safe_env: gymnasium.Env, seed: int, options: dict[str, Any], positives: Sequence[_Decision]
+    ) -> tuple[list[_Decision], int]:
+        """Branch negative examples off an oracle episode (see the module docstring).
+
+        Returns the negatives and how many were skipped (the wrong action ended the episode).
+        """
+        if self.negatives_per_episode == 0:
+            return [], 0
+        rng = random.Random(stable_seed(self.seed, "negatives", options["split"], options["stage"], seed))
+        # Points where a wrong action exists (some states may have every action optimal).
+        candidates = [d.step for d in positives if len(d.optimal_actions) < len(d.valid_actions)]
+        points = sorted(rng.sample(candidates, min(self.negatives_per_episode, len(candidates))))
+        negatives, skipped = [], 0
+        for point in points:
+            observation, info = self._reset(safe_env, seed, options)
+            for decision in positives[:point]:
+                self._check_replay(observation, decision)
+                observation, _, terminated, truncated, info = safe_env.step(decision.action)
+                if terminated or truncated:
+                    raise DataError(
+                        f"env {self.env_id}: replay of seed {seed} ended early at step {decision.step}"
+                    )
+            before = positives[point]
+            self._check_replay(observation, before)
+            facts_before = safe_env.unwrapped.privileged_facts()
+            optimal_before = set(int(a) for a in safe_env.unwrapped.oracle_actions())
+            wrong_actions = [a for a in range(len(before.valid_actions)) if a not in optimal_before]
+            wrong = rng.choice(wrong_actions)
+            observation, _, terminated, truncated, info = safe_env.step(wrong)
+            optimal = sorted(int(a) for a in safe_env.unwrapped.oracle_actions())
+            if terminated or truncated or not optimal:
+                skipped += 1  # nothing left to decide after the wrong action
+                continue
+            negatives.append(
+                _Decision(
+                    split=before.split,
+                    stage=before.stage,
+                    seed=seed,
+                    step=point + 1,
+                    observation=observation,
+                    valid_actions=[str(a) for a in info["valid_actions"]],
+                    action=optimal[0],
+                    optimal_actions=optimal,
+                    facts=safe_env.unwrapped.privileged_facts(),
+                    mistake=Mistake(action=before.valid_actions[wrong], facts_before=facts_before),
+                )
+            )
+        return negatives, skipped
+
+    def _check_replay(self, observation: str, decision: _Decision) -> None:
+        # The branch must start from exactly the recorded state, or the mistake would be
+        # explained against the wrong facts.
+        if observation != decision.observation:
+            raise DataError(
+                f"env {self.env_id}: replay of seed {decision.seed} diverged at step {decision.step} "
+                "(the env is not deterministic given reset(seed=...), or dangerous=False changes it)"
+            )
+
+    @staticmethod
+    def _check_disjoint(starts: dict[str, set[str]]) -> None:
+        """The splits must not share a start state (the env promises it; verify it)."""
+        splits = sorted(starts)
+        for i, first in enumerate(splits):
+            for second in splits[i + 1 :]:
+                shared = starts[first] & starts[second]
+                if shared:
+                    example = sorted(shared)[0]
+                    raise DataError(
+                        f"splits {first!r} and {second!r} share {len(shared)} start states (e.g. {example})"
+                    )
+
+    # ----------------------------------------------------------------------------- teacher
+    def _reflect(self, decisions: Sequence[_Decision]) -> list[str]:
+        """Ask the teacher for all reflections, ``teacher_batch_size`` requests per call."""
+        requests = [ReflectionRequest(d.observation, d.facts, d.mistake) for d in decisions]
+        reflections: list[str] = []
+        for start in range(0, len(requests), self.teacher_batch_size):
+            batch = requests[start : start + self.teacher_batch_size]
+            answers = self.teacher.reflect(batch)
+            if len(answers) != len(batch):
+                raise DataError(f"teacher returned {len(answers)} reflections for {len(batch)} requests")
+            for answer in answers:
+                # One line: the reflection model is stopped at the first newline.
+                text = sanitize_line(str(answer))
+                if not text:
+                    raise DataError("teacher returned an empty reflection")
+                reflections.append(text)
+            done = start + len(batch)
+            if done == len(requests) or (done // self.teacher_batch_size) % 20 == 0:
+                logger.info("generate: teacher wrote %d/%d reflections", done, len(requests))
+        return reflections
+
+    # ------------------------------------------------------------------------------ output
+    def _records_by_file(
+        self, decisions: Sequence[_Decision], reflections: Sequence[str]
+    ) -> dict[str, list[dict]]:
+        files: dict[str, list[dict]] = {}
+        splits = [split for split, count in self.episodes.items() if count > 0]
+        for split in splits:
+            for kind in KINDS:
+                files[f"{kind}.{split}.jsonl"] = []
+        for decision, reflection in zip(decisions, reflections, strict=True):
+            base = {
+                "env": self.env_id,
+                "split": decision.split,
+                "seed": decision.seed,
+                "stage": decision.stage,
+                "step": decision.step,
+                "observation": decision.observation,
+                "reflection": reflection,
+                "negative": decision.negative,
+            }
+            policy = base | {
+                "valid_actions": decision.valid_actions,
+                "action": decision.action,
+                "optimal_actions": decision.optimal_actions,
+            }
+            split = decision.split
+            files[f"reflection_sft.{split}.jsonl"].append(base)
+            files[f"policy_sft.{split}.jsonl"].append(policy)
+            files[f"plain_sft.{split}.jsonl"].append(policy | {"reflection": None})
+            if not decision.negative:
+                files[f"reflection_sft_positive.{split}.jsonl"].append(base)
+                files[f"policy_sft_positive.{split}.jsonl"].append(policy)
+        # Validate before writing: the readers must accept what is written.
+        for name, records in files.items():
+            schema = _KIND_SCHEMAS[name.split(".")[0]]
+            for number, record in enumerate(records, start=1):
+                validate_record(record, schema, f"{name}:{number}")
+        return files
+
+    def _manifest(self, files: dict[str, list[dict]], stats: dict[str, Any]) -> dict[str, Any]:
+        # No output_dir, time or host in here: the manifest must be byte-identical across runs.
+        teacher_type = type(self.teacher)
+        teacher = {"class_path": f"{teacher_type.__module__}.{teacher_type.__qualname__}"}
+        if teacher_type.__repr__ is not object.__repr__:  # object's repr has a memory address
+            teacher["repr"] = repr(self.teacher)
+        return {
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "args": {
+                "env_id": self.env_id,
+                "env_kwargs": self.env_kwargs,
+                "stages": self.stages,
+                "episodes": self.episodes,
+                "negatives_per_episode": self.negatives_per_episode,
+                "teacher": teacher,
+                "seed": self.seed,
+                "teacher_batch_size": self.teacher_batch_size,
+            },
+            "files": {name: len(records) for name, records in files.items()},
+            "negatives": stats["negatives"],
+            "negatives_skipped": stats["negatives_skipped"],
+            "episodes": stats["episodes"],
+            "start_states": stats["start_states"],
+            "oracle_failures": stats["oracle_failures"],
+        }
+
+    def _check_output(self, output: Path) -> None:
+        if output.exists() and not output.is_dir():
+            raise DataError(f"output_dir {output} exists and is not a folder")
+        if output.is_dir() and any(output.iterdir()) and not self.overwrite:
+            raise DataError(
+                f"output_dir {output} is not empty; set overwrite: true (--overwrite true) to replace it"
+            )
+
+    def _write_output(self, output: Path, files: dict[str, list[dict]], manifest: dict[str, Any]) -> None:
+        """Write into a temporary sibling folder, then swap it into place.
+
+        An interrupted run leaves ``output_dir`` as it was; the old folder is only deleted after
+        the new one is in place.
+        """
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        try:
+            for name, records in files.items():
+                if records:
+                    write_jsonl(staging / name, records)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            # mkdtemp makes a private (0700) folder; give it the permissions of a normal one.
+            os.chmod(staging, 0o777 & ~_umask())
+            self._check_output(output)  # again: the folder may have been filled meanwhile
+            old = None
+            if output.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+                os.replace(output, old / output.name)
+            try:
+                os.replace(staging, output)
+            except BaseException:
+                if old is not None:
+                    os.replace(old / output.name, output)  # put the old data back
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _count_steps(env_id: str, seed: int, limit: int = 10_000) -> Iterator[int]:
+    """0, 1, 2, ...: a safety net against an env that never ends an oracle episode."""
+    yield from range(limit)
+    raise DataError(f"env {env_id}: oracle episode with seed {seed} did not end within {limit} steps")
+
+
+def build_parser() -> Any:
+    """The ``reflectrl generate`` parser: ``--config FILE`` plus one flat option per DataGenerator arg."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="reflectrl generate",
+        description="Generate teacher SFT datasets (oracle trajectories + negative examples) as JSONL.",
+        exit_on_error=False,  # errors come back as exceptions, reported as one line
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below.")
+    parser.add_class_arguments(DataGenerator, None, fail_untyped=True)
+    return parser
+
+
+def generate_main(args: list[str] | None = None) -> None:
+    """``reflectrl generate``: parse ``--config FILE`` and overrides, then run the generator.
+
+    Problems with the options raise :class:`ReflectRLError` with a one-line message (an unknown
+    key: ``generate: Option 'bogus' is not accepted``); ``--help`` and ``--print_config`` print
+    and exit as usual. Returns None (so a console script's exit status stays 0).
+    """
+    from argparse import ArgumentError
+
+    parser = build_parser()
+    try:
+        config = parser.parse_args(args)
+        # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49.
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        objects = instantiate(config)
+    except ArgumentError as error:
+        raise ReflectRLError(f"generate: {' '.join(str(error).split())}") from None
+    names = [name for name in inspect.signature(DataGenerator.__init__).parameters if name != "self"]
+    generator = DataGenerator(**{name: objects[name] for name in names})
+    summary = generator.run()
+    logger.info("generate: files: %s", json.dumps(summary["files"]))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    generate_main()
