@@ -1,7 +1,9 @@
 """LightningModules (installed as ``reflectrl.modules``). They know no specific environment."""
 
 from reflectrl.modules.base import LMModule
+from reflectrl.modules.curriculum import CurriculumCallback
 from reflectrl.modules.policy_sft import PolicySFTModule
 from reflectrl.modules.reflection_sft import ReflectionSFTModule
+from reflectrl.modules.rlft import RLFTModule, RLSettings
 
-__all__ = ["LMModule", "PolicySFTModule", "ReflectionSFTModule"]
+__all__ = ["CurriculumCallback", "LMModule", "PolicySFTModule", "RLFTModule", "RLSettings", "ReflectionSFTModule"]

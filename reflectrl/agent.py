@@ -6,6 +6,7 @@ to the players' models and only runs them; whoever owns the models decides what 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,47 @@ class ActingSettings:
     """Prompts longer than this are cut from the left (the action list is kept)."""
 
 
+class ReflectionCache:
+    """Bounded LRU memo of the frozen reflection player's greedy output, keyed by its prompt.
+
+    Greedy decoding of a frozen model is a pure function of the prompt, so a hit is exactly what
+    generation would return. Its state is lists of strings (checkpoint-safe primitives).
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, str] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, prompt: str) -> str | None:
+        value = self.entries.get(prompt)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self.entries.move_to_end(prompt)
+        return value
+
+    def put(self, prompt: str, reflection: str) -> None:
+        self.entries[prompt] = reflection
+        self.entries.move_to_end(prompt)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def state_dict(self) -> dict[str, list[str] | int]:
+        return {"prompts": list(self.entries), "reflections": list(self.entries.values()),
+                "hits": self.hits, "misses": self.misses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.entries = OrderedDict(zip(state["prompts"], state["reflections"], strict=True))
+        self.hits, self.misses = int(state["hits"]), int(state["misses"])
+
+
 class TwoPlayerAgent:
     """Reflection player + policy player over text observations and valid-action lists."""
 
@@ -39,6 +81,7 @@ class TwoPlayerAgent:
         reflector: PreTrainedModel | None,
         reflector_tokenizer: PreTrainedTokenizerBase | None,
         settings: ActingSettings,
+        cache: ReflectionCache | None = None,
     ) -> None:
         if settings.reflect and reflector is None:
             raise ValueError("reflect=True needs a reflection model (model.init_args.reflector)")
@@ -47,6 +90,7 @@ class TwoPlayerAgent:
         self.reflector = reflector
         self.reflector_tokenizer = reflector_tokenizer
         self.settings = settings
+        self.cache = cache
 
     @torch.no_grad()
     def reflect(self, observations: Sequence[str]) -> list[str | None]:
@@ -54,14 +98,29 @@ class TwoPlayerAgent:
         if not self.settings.reflect:
             return [None] * len(observations)
         assert self.reflector is not None and self.reflector_tokenizer is not None
-        texts = generate_reflections(
-            self.reflector,
-            self.reflector_tokenizer,
-            [prompts.reflection_prompt(o) for o in observations],
-            max_new_tokens=self.settings.reflection_max_tokens,
-            temperature=0.0,
-        )
-        return list(texts)
+        reflection_prompts = [prompts.reflection_prompt(o) for o in observations]
+        results: list[str | None] = [None] * len(observations)
+        todo: dict[str, list[int]] = {}  # identical prompts in one batch are generated once
+        for i, prompt in enumerate(reflection_prompts):
+            cached = self.cache.get(prompt) if self.cache is not None else None
+            if cached is None:
+                todo.setdefault(prompt, []).append(i)
+            else:
+                results[i] = cached
+        if todo:
+            texts = generate_reflections(
+                self.reflector,
+                self.reflector_tokenizer,
+                list(todo),
+                max_new_tokens=self.settings.reflection_max_tokens,
+                temperature=0.0,
+            )
+            for (prompt, indices), text in zip(todo.items(), texts, strict=True):
+                if self.cache is not None:
+                    self.cache.put(prompt, text)
+                for i in indices:
+                    results[i] = text
+        return results
 
     def policy_prompts(
         self, observations: Sequence[str], reflections: Sequence[str | None], valid_actions: Sequence[Sequence[str]]

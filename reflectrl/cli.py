@@ -12,9 +12,15 @@ Any Trainer option works on the command line (``--trainer.precision bf16-mixed``
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonargparse
 import lightning.pytorch as pl
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # Imported so that short class names in YAML (``class_path: PolicySFTModule``) resolve.
 import reflectrl.datamodules  # noqa: F401
@@ -25,6 +31,8 @@ from reflectrl.data import DataError
 from reflectrl.errors import ReflectRLError
 from reflectrl.modules.base import LMModule
 
+log = logging.getLogger("reflectrl")
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ReflectRLError, DataError, BackboneError, FileNotFoundError)
 
 DESCRIPTION = (
@@ -33,13 +41,90 @@ DESCRIPTION = (
 )
 
 
+@dataclass
+class WarmupStep:
+    """A command run before ``fit`` when the file or folder it creates is missing."""
+
+    creates: str
+    """Path the step produces (e.g. an SFT export folder); the step is skipped when it exists."""
+    args: list[str]
+    """Arguments of ``reflectrl`` (e.g. ``[fit, --config, configs/taxi_policy_sft.yaml]``)."""
+
+
+def run_warmup(steps: list[WarmupStep]) -> None:
+    """Run the missing warm-up steps in order, each as its own ``reflectrl`` process."""
+    for step in steps:
+        if Path(step.creates).exists():
+            continue
+        command = [sys.executable, "-m", "reflectrl", *step.args]
+        log.info("warm-up: %s is missing, running `reflectrl %s`", step.creates, " ".join(step.args))
+        status = subprocess.run(command, check=False).returncode
+        if status != 0:
+            raise ReflectRLError(f"warm-up step `reflectrl {' '.join(step.args)}` failed with exit code {status}")
+        if not Path(step.creates).exists():
+            raise ReflectRLError(f"warm-up step `reflectrl {' '.join(step.args)}` did not create {step.creates}")
+
+
 class ReflectRLCLI(LightningCLI):
-    """LightningCLI with reflectrl's defaults (see main)."""
+    """LightningCLI with reflectrl's two extra top-level keys.
+
+    ``warmup``: steps (data generation, SFT stages) run before ``fit`` when what they create is
+    missing, so the RL config works as the very first command on a fresh clone.
+    ``evaluate_after_fit``: run ``test`` (held-out evaluation, results.json) right after ``fit``.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--warmup", type=list[WarmupStep] | None, default=None, help="Steps run before fit when missing.")
+        parser.add_argument("--evaluate_after_fit", type=bool, default=False, help="Run test right after fit.")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if self.subcommand == "fit" and config is not None and config.get("warmup"):
+            steps = [WarmupStep(**vars(s)) if not isinstance(s, WarmupStep) else s for s in config.warmup]
+            run_warmup(steps)
+
+    def after_fit(self) -> None:
+        config = self.config.get(self.subcommand)
+        if config is not None and config.get("evaluate_after_fit") and not self.trainer.fast_dev_run:
+            self.trainer.test(self.model, datamodule=self.datamodule)
 
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+def summarize_parse_error(message: str) -> str:
+    """One line naming the offending config key, from jsonargparse's nested multi-line report.
+
+    jsonargparse explains a bad ``model``/``data`` value by walking the Union of subclasses
+    (and the ``None`` alternative); the user only needs the key path and the reason.
+    """
+    path: list[str] = []
+    detail = ""
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        key = re.match(r'Parser key "([^"]+)":?\s*(.*)', line)
+        if key:
+            path.append(key.group(1))
+            detail = key.group(2)
+            if detail:
+                break
+            continue
+        if re.match(r"- Problem with given class_path '([^']+)'", line):
+            path.append("init_args")
+            continue
+        if line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")):
+            continue
+        detail = line.lstrip("- ")
+        break
+    unknown = re.match(r"Option '([^']+)' is not accepted", detail)
+    if unknown:
+        return f"unknown config key '{'.'.join([*path, unknown.group(1)])}'"
+    where = f"config key '{'.'.join(path)}': " if path else ""
+    return where + (detail or " ".join(message.split()))
 
 
 def main(args: ArgsType = None) -> None:
@@ -58,9 +143,13 @@ def main(args: ArgsType = None) -> None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
-            args=argv,
+            # Parse errors are raised (not printed as a 20-line usage dump) and reported as one line.
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
+            args=args,  # None: LightningCLI reads sys.argv itself
         )
+    except jsonargparse.ArgumentError as error:
+        print(f"reflectrl: error: {summarize_parse_error(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
     except USER_ERRORS as error:
         print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -298,6 +298,17 @@ def choice_log_probs(model: nn.Module, batch: ChoiceBatch) -> Tensor:
     Padding columns are -inf, so sampling from ``exp()`` never yields an invalid choice. One
     forward pass; keeps the autograd graph (wrap in ``torch.no_grad`` for acting). float32.
     """
+    return choice_log_probs_and_state(model, batch, with_state=False)[0]
+
+
+def choice_log_probs_and_state(
+    model: nn.Module, batch: ChoiceBatch, with_state: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """``choice_log_probs`` plus the last layer's hidden state at the prompt's final token.
+
+    The hidden state ([B, hidden], same forward pass) feeds a critic head, which thus reads the
+    whole prompt (the original code's critic saw only the last 20 tokens).
+    """
     batch = batch.to(_device_of(model))
     keep = batch.logits_to_keep
     output = model(
@@ -305,14 +316,21 @@ def choice_log_probs(model: nn.Module, batch: ChoiceBatch) -> Tensor:
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
+        output_hidden_states=with_state,
         **_logits_kwargs(model, keep),
     )
+    state = None
+    if with_state:
+        hidden = output.hidden_states[-1]
+        # The kept position that predicts every label's first token is the prompt's last token.
+        last_prompt = hidden.shape[1] - keep + batch.target_index[:, 0, 0]
+        state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_prompt].float()
     logits = output.logits[:, -keep:].float()
     log_probs = logits.log_softmax(dim=-1)  # [B, K, V]
     rows = torch.arange(log_probs.shape[0], device=log_probs.device)[:, None, None]
     token_log_probs = log_probs[rows, batch.target_index, batch.target_ids]  # [B, C, T]
     scores = torch.where(batch.target_mask, token_log_probs, torch.zeros_like(token_log_probs)).sum(dim=-1)
-    return _normalise(scores, batch.choice_mask)
+    return _normalise(scores, batch.choice_mask), state
 
 
 def choice_log_probs_per_action(

@@ -12,9 +12,10 @@ import warnings
 
 import gymnasium
 import pytest
-import reflectrl.envs
 from gymnasium.envs.toy_text.taxi import TaxiEnv
 from gymnasium.utils.env_checker import check_env
+
+import reflectrl.envs
 from reflectrl.envs.taxi import (
     ACTIONS,
     DROPOFF,

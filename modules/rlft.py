@@ -1,0 +1,352 @@
+"""Online RL fine-tuning of the policy player, with the frozen reflection player in the loop."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from reflectrl import algorithms
+from reflectrl.agent import ActingSettings, ReflectionCache, TwoPlayerAgent
+from reflectrl.backbone import BackboneConfig, build_backbone, replace_config
+from reflectrl.datamodules.episodes import EpisodeBatch
+from reflectrl.datamodules.online import RolloutRequest
+from reflectrl.lm import choice_log_probs_and_state, encode_choice_batch
+from reflectrl.modules.base import LMModule, as_backbone_config
+from reflectrl.modules.evaluation import EnvEvaluation
+from reflectrl.rollout import Decision, Episode, play_episodes
+
+
+@dataclass
+class RLSettings:
+    """The RL algorithm and its hyper-parameters."""
+
+    algorithm: Literal["reinforce", "ppo"] = "reinforce"
+    """REINFORCE on reward-to-go (the paper), or PPO with the clipped surrogate."""
+    baseline: Literal["none", "mean", "critic"] = "mean"
+    """Variance reduction: none, a running mean of returns, or a learned critic head."""
+    gamma: float = 1.0
+    """Discount of the reward-to-go (the paper: undiscounted)."""
+    normalize_advantages: bool = True
+    """Standardise advantages within each rollout batch."""
+    ppo_epochs: int = 2
+    """PPO: passes over each rollout batch."""
+    minibatch_size: int = 64
+    """Decisions per forward/backward chunk (PPO: per optimizer step)."""
+    clip: float = 0.1
+    """PPO clip range (the paper: 0.1)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    value_coef: float = 0.5
+    """Critic loss weight (baseline "critic")."""
+    kl_coef: float = 0.0
+    """Weight of KL(policy || initial policy), the SFT policy when starting from it."""
+    max_grad_norm: float = 0.3
+    """Gradient clipping (the paper: 0.3)."""
+    baseline_momentum: float = 0.9
+    """Running-mean baseline: EMA momentum."""
+
+
+@dataclass
+class RolloutStats:
+    """What one rollout batch produced, for logging and the curriculum."""
+
+    stage: str
+    successes: list[bool]
+    returns: list[float]
+    crashes: list[bool]
+    lengths: list[int]
+    decisions: int
+    seconds: float
+
+
+def _sampling_seed(seed: int, rollout_index: int) -> int:
+    digest = hashlib.sha256(f"sample/{seed}/{rollout_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class RLFTModule(LMModule):
+    """Reflect-RL's RL stage: the policy learns online; the reflection player stays frozen.
+
+    Every training step: (1) play a batch of episodes with the current policy (sampling) and the
+    frozen reflector (greedy, memoised), (2) compute reward-to-go and advantages, (3) update the
+    policy (REINFORCE: one optimizer step; PPO: epochs x minibatches), (4) log. Everything a
+    resumed run needs (rollout counter, baseline, reflection cache) is in the checkpoint, and
+    all randomness is derived from (seed, rollout counter), so a resumed run repeats the
+    uninterrupted one exactly.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        reflector: BackboneConfig | None = None,
+        acting: ActingSettings | None = None,
+        rl: RLSettings | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 1e-3,
+        reflection_cache_size: int = 50_000,
+        seed: int = 0,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the policy player (usually the policy SFT export; a fresh tiny model gives
+                the "RLFT only" baseline).
+            reflector: the frozen reflection player (usually the reflection SFT export).
+            acting: reflect or not ("without reflection" baseline), reflection/prompt lengths.
+            rl: algorithm settings.
+            lr: Adam learning rate (the paper: 2e-4).
+            weight_decay: AdamW weight decay (the paper: 1e-3).
+            reflection_cache_size: entries of the frozen reflector's memo (0 disables it).
+            seed: seed of episode sampling and action sampling.
+            export_dir: ``save_pretrained`` export of the trained policy at the end of fit.
+        """
+        super().__init__(backbone, lr, weight_decay, 0, 1.0, export_dir)
+        self.automatic_optimization = False
+        self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
+        self.rl = rl if isinstance(rl, RLSettings) else RLSettings(**(rl or {}))
+        self.reflector_config = as_backbone_config(reflector)
+        self._reflector: tuple[Any, Any] | None = None
+        if self.acting.reflect and self.reflector_config is None:
+            raise ValueError("model.init_args.reflector is required when acting.reflect is true")
+        hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd
+        self.critic = nn.Linear(hidden, 1) if self.rl.baseline == "critic" else None
+        # The KL reference is the policy as loaded (the SFT policy), frozen and never checkpointed:
+        # it is rebuilt from the same config on resume.
+        self.reference: nn.Module | None = None
+        if self.rl.kl_coef > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.cache = ReflectionCache(reflection_cache_size) if reflection_cache_size > 0 else None
+        self.baseline = algorithms.RunningMeanBaseline(self.rl.baseline_momentum)
+        self.rollouts_done = 0
+        self.val_evaluation = EnvEvaluation("val")
+        self.test_evaluation = EnvEvaluation("test")
+        self.last_rollout: RolloutStats | None = None
+
+    # ------------------------------------------------------------------ players
+    def reflector_model(self) -> tuple[Any, Any] | tuple[None, None]:
+        if not self.acting.reflect:
+            return None, None
+        if self._reflector is None:
+            assert self.reflector_config is not None
+            model, tokenizer = build_backbone(replace_config(self.reflector_config, trainable=False))
+            self._reflector = (model.to(self.device), tokenizer)  # frozen, outside the module tree
+        return self._reflector
+
+    def agent(self) -> TwoPlayerAgent:
+        reflector, tokenizer = self.reflector_model()
+        return TwoPlayerAgent(self.model, self.tokenizer, reflector, tokenizer, self.acting, self.cache)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ------------------------------------------------------------------ the RL step
+    def _score(self, prompts: list[str], num_choices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = encode_choice_batch(self.tokenizer, prompts, num_choices, self.acting.max_prompt_tokens)
+        log_probs, state = choice_log_probs_and_state(self.model, batch, with_state=self.critic is not None)
+        values = self.critic(state).squeeze(-1) if self.critic is not None and state is not None else None
+        return log_probs, values
+
+    def rollout(self, request: RolloutRequest) -> tuple[list[Episode], RolloutStats]:
+        """Step 1: play one batch of episodes with the current weights (no grad, sampling)."""
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(_sampling_seed(self.hparams.seed, self.rollouts_done))
+        agent = self.agent()
+
+        def decide(observations: Any, valid_actions: Any) -> list[Decision]:
+            return agent.decide(observations, valid_actions, greedy=False, generator=generator)
+
+        stage = request.stage
+        episodes = play_episodes(request.envs, request.seeds(self.rollouts_done), request.options(), decide)
+        stats = RolloutStats(
+            stage=stage,
+            successes=[e.success for e in episodes],
+            returns=[e.total_return for e in episodes],
+            crashes=[e.crashed for e in episodes],
+            lengths=[e.length for e in episodes],
+            decisions=sum(e.length for e in episodes),
+            seconds=time.perf_counter() - start,
+        )
+        return episodes, stats
+
+    def training_step(self, batch: RolloutRequest, batch_idx: int) -> dict[str, Any]:
+        optimizer = self.optimizers()
+        step_start = time.perf_counter()
+        # step 1. roll out with the weights of this step (strictly on-policy)
+        episodes, stats = self.rollout(batch)
+        update_start = time.perf_counter()
+
+        # step 2. reward-to-go per decision, flattened over the batch
+        prompts, num_choices, actions, old_log_probs, returns = [], [], [], [], []
+        for episode in episodes:
+            rtg = algorithms.reward_to_go([t.reward for t in episode.transitions], self.rl.gamma)
+            for transition, g in zip(episode.transitions, rtg, strict=True):
+                prompts.append(transition.decision.extra["prompt"])
+                num_choices.append(len(transition.valid_actions))
+                actions.append(transition.decision.action)
+                old_log_probs.append(transition.decision.extra["log_prob"])
+                returns.append(g)
+        device = self.device
+        actions_t = torch.tensor(actions, device=device)
+        returns_t = torch.tensor(returns, dtype=torch.float32, device=device)
+        old_log_probs_t = torch.tensor(old_log_probs, dtype=torch.float32, device=device)
+        reference_all = self._reference_log_probs(prompts, num_choices)
+
+        # step 3. advantages: return minus baseline (critic values at rollout time, or mean)
+        if self.rl.baseline == "critic":
+            with torch.no_grad():
+                values = torch.cat([self._score(prompts[i : i + self.rl.minibatch_size], num_choices[i : i + self.rl.minibatch_size])[1] for i in range(0, len(prompts), self.rl.minibatch_size)])  # type: ignore[misc]
+            advantages = returns_t - values
+        elif self.rl.baseline == "mean":
+            advantages = returns_t - self.baseline()
+        else:
+            advantages = returns_t.clone()
+        if self.rl.normalize_advantages:
+            advantages = algorithms.normalize(advantages)
+        self.baseline.update(returns)
+
+        # step 4. policy (and critic) update
+        logs = self._update(optimizer, prompts, num_choices, actions_t, old_log_probs_t, advantages, returns_t, reference_all)
+        self.rollouts_done += 1
+
+        # step 5. log (cleanrl-style tag groups)
+        n = len(episodes)
+        decisions_per_second = stats.decisions / max(time.perf_counter() - step_start, 1e-9)
+        metrics = {
+            f"rollout/{stats.stage}/success_rate": sum(stats.successes) / n,
+            f"rollout/{stats.stage}/return": sum(stats.returns) / n,
+            f"rollout/{stats.stage}/crash_rate": sum(stats.crashes) / n,
+            f"rollout/{stats.stage}/episode_length": sum(stats.lengths) / n,
+            "rollout/success_rate": sum(stats.successes) / n,
+            "charts/rollouts": float(self.rollouts_done),
+            "charts/decisions_per_second": decisions_per_second,
+            "charts/rollout_seconds": stats.seconds,
+            "charts/update_seconds": time.perf_counter() - update_start,
+            "charts/lr": optimizer.param_groups[0]["lr"],
+            **logs,
+        }
+        if self.cache is not None:
+            metrics["charts/reflection_cache_hit_rate"] = self.cache.hit_rate()
+        self.log_dict(metrics, batch_size=n)
+        self.log("success", metrics["rollout/success_rate"], prog_bar=True, batch_size=n, logger=False)
+        self.last_rollout = stats
+        return {"successes": stats.successes, "stage": stats.stage}
+
+    @torch.no_grad()
+    def _reference_log_probs(self, prompts: list[str], num_choices: list[int]) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        chunks = []
+        for i in range(0, len(prompts), self.rl.minibatch_size):
+            batch = encode_choice_batch(self.tokenizer, prompts[i : i + self.rl.minibatch_size], num_choices[i : i + self.rl.minibatch_size], self.acting.max_prompt_tokens)
+            chunks.append(choice_log_probs_and_state(self.reference, batch, with_state=False)[0])
+        width = max(c.shape[1] for c in chunks)
+        return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=float("-inf")) for c in chunks])
+
+    def _chunk_loss(
+        self, index: torch.Tensor, prompts: list[str], num_choices: list[int], actions: torch.Tensor,
+        old_log_probs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, reference_all: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids = index.tolist()
+        all_log_probs, values = self._score([prompts[i] for i in ids], [num_choices[i] for i in ids])
+        log_probs = all_log_probs.gather(1, actions[index][:, None]).squeeze(1)
+        stats: dict[str, torch.Tensor] = {}
+        if self.rl.algorithm == "ppo":
+            policy_loss, stats["losses/clipfrac"], stats["losses/approx_kl"] = algorithms.ppo_clip_loss(
+                log_probs, old_log_probs[index], advantages[index], self.rl.clip
+            )
+        else:
+            policy_loss = algorithms.reinforce_loss(log_probs, advantages[index])
+        entropy = algorithms.entropy(all_log_probs).mean()
+        loss = policy_loss - self.rl.entropy_coef * entropy
+        stats["losses/policy"], stats["losses/entropy"] = policy_loss.detach(), entropy.detach()
+        if values is not None:
+            critic_loss = algorithms.value_loss(values, returns[index])
+            loss = loss + self.rl.value_coef * critic_loss
+            stats["losses/value"] = critic_loss.detach()
+        if reference_all is not None:
+            reference = reference_all[index][:, : all_log_probs.shape[1]]
+            kl = algorithms.kl_divergence(all_log_probs, reference).mean()
+            loss = loss + self.rl.kl_coef * kl
+            stats["losses/kl_to_reference"] = kl.detach()
+        return loss, stats
+
+    def _update(
+        self, optimizer: Any, prompts: list[str], num_choices: list[int], actions: torch.Tensor,
+        old_log_probs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, reference_all: torch.Tensor | None,
+    ) -> dict[str, float]:
+        total = len(prompts)
+        size = self.rl.minibatch_size
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(stats: dict[str, torch.Tensor]) -> None:
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
+
+        if self.rl.algorithm == "ppo":
+            # PPO: several epochs of shuffled minibatches, one optimizer step each. The shuffle
+            # generator is derived from the rollout counter, so a resumed run shuffles alike.
+            generator = torch.Generator().manual_seed(_sampling_seed(self.hparams.seed + 1, self.rollouts_done))
+            for _ in range(self.rl.ppo_epochs):
+                order = torch.randperm(total, generator=generator)
+                for start in range(0, total, size):
+                    index = order[start : start + size].to(self.device)
+                    loss, stats = self._chunk_loss(index, prompts, num_choices, actions, old_log_probs, advantages, returns, reference_all)
+                    optimizer.zero_grad()
+                    self.manual_backward(loss)
+                    self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")
+                    optimizer.step()
+                    record(stats)
+        else:
+            # REINFORCE: one optimizer step per rollout batch; chunks only bound memory, their
+            # gradients are accumulated with weights so the step equals the full-batch gradient.
+            optimizer.zero_grad()
+            for start in range(0, total, size):
+                index = torch.arange(start, min(start + size, total), device=self.device)
+                loss, stats = self._chunk_loss(index, prompts, num_choices, actions, old_log_probs, advantages, returns, reference_all)
+                self.manual_backward(loss * (len(index) / total))
+                record(stats)
+            self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+        return {key: sums[key] / counts[key] for key in sums}
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self.val_evaluation.play(batch, self.agent())
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_evaluation.finish(self)
+
+    def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self.test_evaluation.play(batch, self.agent())
+
+    def on_test_epoch_end(self) -> None:
+        self.test_evaluation.finish(
+            self, {"model": type(self).__name__, "reflect": self.acting.reflect, "rollouts": self.rollouts_done}
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["reflectrl_rl"] = {
+            "rollouts_done": self.rollouts_done,
+            "baseline": self.baseline.state_dict(),
+            "cache": self.cache.state_dict() if self.cache is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("reflectrl_rl")
+        if state is None:
+            return
+        self.rollouts_done = int(state["rollouts_done"])
+        self.baseline.load_state_dict(state["baseline"])
+        if self.cache is not None and state["cache"] is not None:
+            self.cache.load_state_dict(state["cache"])
