@@ -77,6 +77,7 @@ class LMModule(pl.LightningModule):
                 store[key] = _plain(store[key])
         self.backbone_config = as_backbone_config(backbone)
         self.model, self.tokenizer = build_backbone(self.backbone_config)
+        self.model.train(self.backbone_config.trainable)  # from_pretrained returns eval mode
         # Frozen weights are left out of checkpoints, so loading must tolerate their absence;
         # on_load_checkpoint checks that every *trained* weight is present instead.
         self.strict_loading = False
