@@ -69,6 +69,8 @@ class ReflectionCache:
     def load_state_dict(self, state: dict) -> None:
         self.entries = OrderedDict(zip(state["prompts"], state["reflections"], strict=True))
         self.hits, self.misses = int(state["hits"]), int(state["misses"])
+        while len(self.entries) > self.capacity:  # a state saved with a larger capacity
+            self.entries.popitem(last=False)
 
 
 class TwoPlayerAgent:
