@@ -56,12 +56,12 @@ def main() -> None:
     print(f"{'case':<20} {'enumeration dec/s':>18} {'per-action dec/s':>17} {'ratio':>7} {'target 0.8|A|':>13}")
     with torch.no_grad():
         for name, (texts, sizes) in cases.items():
-            def enumerate_all() -> None:
+            def enumerate_all(texts: list[str] = texts, sizes: list[int] = sizes) -> None:
                 for i in range(0, len(texts), args.batch):
                     batch = encode_choice_batch(tokenizer, texts[i : i + args.batch], sizes[i : i + args.batch])
                     choice_log_probs(model, batch)
 
-            def per_action() -> None:
+            def per_action(texts: list[str] = texts, sizes: list[int] = sizes) -> None:
                 for i in range(0, len(texts), args.batch):
                     choice_log_probs_per_action(model, tokenizer, texts[i : i + args.batch], sizes[i : i + args.batch])
 
