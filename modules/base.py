@@ -116,12 +116,28 @@ class LMModule(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self._trained_keys() - set(checkpoint.get("state_dict", {})))
+        state = checkpoint.get("state_dict", {})
+        missing = sorted(self._trained_keys() - set(state))
         if missing:
             raise ReflectRLError(
                 f"checkpoint does not hold {len(missing)} trained weights of this model (e.g. '{missing[0]}'): "
                 "was it written by a different model config?"
             )
+        # strict_loading is off (frozen weights are absent), so Lightning would silently drop
+        # weights this model lacks and report a shape mismatch as a multi-line RuntimeError.
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        if unexpected:
+            raise ReflectRLError(
+                f"checkpoint holds {len(unexpected)} weights this model does not have (e.g. '{unexpected[0]}'): "
+                "was it written by a different model config?"
+            )
+        for key in sorted(state):
+            if tuple(state[key].shape) != tuple(own[key].shape):
+                raise ReflectRLError(
+                    f"checkpoint weight '{key}' has shape {tuple(state[key].shape)}, this model's "
+                    f"{tuple(own[key].shape)}: was it written by a different model config?"
+                )
 
     @rank_zero_only
     def export(self) -> None:
@@ -130,4 +146,7 @@ class LMModule(pl.LightningModule):
             log.info("exported the trained player to %s", self.hparams.export_dir)
 
     def on_fit_end(self) -> None:
-        self.export()
+        # fast_dev_run is a smoke test that writes nothing (Lightning skips checkpoints and logs);
+        # exporting would replace a real export with a one-step model.
+        if not self.trainer.fast_dev_run:
+            self.export()

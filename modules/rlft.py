@@ -115,7 +115,12 @@ class RLFTModule(LMModule):
         if self.acting.reflect and self.reflector_config is None:
             raise ValueError("model.init_args.reflector is required when acting.reflect is true")
         hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd
-        self.critic = nn.Linear(hidden, 1) if self.rl.baseline == "critic" else None
+        self.critic: nn.Linear | None = None
+        if self.rl.baseline == "critic":
+            # Seeded here, not by the global RNG, so a run is reproducible on its own.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.critic = nn.Linear(hidden, 1)
         # The KL reference is the policy as loaded (the SFT policy), frozen and never checkpointed:
         # it is rebuilt from the same config on resume.
         self.reference: nn.Module | None = None
@@ -285,10 +290,11 @@ class RLFTModule(LMModule):
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
-        def record(stats: dict[str, torch.Tensor]) -> None:
+        def record(stats: dict[str, torch.Tensor], weight: int) -> None:
+            # weighted by the chunk's decisions: unequal chunks average to the full-batch value
             for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-                counts[key] = counts.get(key, 0) + 1
+                sums[key] = sums.get(key, 0.0) + float(value) * weight
+                counts[key] = counts.get(key, 0) + weight
 
         if self.rl.algorithm == "ppo":
             # PPO: several epochs of shuffled minibatches, one optimizer step each. The shuffle
@@ -303,7 +309,7 @@ class RLFTModule(LMModule):
                     self.manual_backward(loss)
                     self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")
                     optimizer.step()
-                    record(stats)
+                    record(stats, len(index))
         else:
             # REINFORCE: one optimizer step per rollout batch; chunks only bound memory, their
             # gradients are accumulated with weights so the step equals the full-batch gradient.
@@ -312,7 +318,7 @@ class RLFTModule(LMModule):
                 index = torch.arange(start, min(start + size, total), device=self.device)
                 loss, stats = self._chunk_loss(index, prompts, num_choices, actions, old_log_probs, advantages, returns, reference_all)
                 self.manual_backward(loss * (len(index) / total))
-                record(stats)
+                record(stats, len(index))
             self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
         return {key: sums[key] / counts[key] for key in sums}

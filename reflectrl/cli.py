@@ -83,6 +83,13 @@ class ReflectRLCLI(LightningCLI):
             steps = [WarmupStep(**vars(s)) if not isinstance(s, WarmupStep) else s for s in config.warmup]
             run_warmup(steps)
 
+    def before_fit(self) -> None:
+        if self.trainer.fast_dev_run:
+            # Lightning 2.6's ModelCheckpoint.on_train_end writes last.ckpt even under
+            # fast_dev_run (its other saves check it); a smoke run must leave no checkpoint.
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
+
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand)
         if config is not None and config.get("evaluate_after_fit") and not self.trainer.fast_dev_run:

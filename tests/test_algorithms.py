@@ -24,7 +24,9 @@ def test_reward_to_go_discounted() -> None:
     assert algorithms.reward_to_go([1.0, 0.0, 2.0], gamma=0.5) == [1.5, 1.0, 2.0]
     # Taxi-like: three steps of -0.05 then +1; gamma 0.5:
     # G3 = 1, G2 = -0.05 + 0.5 = 0.45, G1 = -0.05 + 0.225 = 0.175, G0 = -0.05 + 0.0875 = 0.0375
-    assert algorithms.reward_to_go([-0.05, -0.05, -0.05, 1.0], gamma=0.5) == pytest.approx([0.0375, 0.175, 0.45, 1.0])
+    assert algorithms.reward_to_go([-0.05, -0.05, -0.05, 1.0], gamma=0.5) == pytest.approx(
+        [0.0375, 0.175, 0.45, 1.0]
+    )
 
 
 def test_reward_to_go_edge_cases() -> None:
@@ -106,7 +108,9 @@ def test_ppo_clip_loss_on_policy_is_the_policy_gradient() -> None:
     # ratio 1 everywhere: loss = -mean(A) = -(1 - 3) / 2 = 1; nothing clipped; KL 0
     log_probs = torch.tensor([-0.5, -2.0], requires_grad=True)
     advantages = torch.tensor([1.0, -3.0])
-    loss, clip_fraction, approx_kl = algorithms.ppo_clip_loss(log_probs, log_probs.detach().clone(), advantages, 0.1)
+    loss, clip_fraction, approx_kl = algorithms.ppo_clip_loss(
+        log_probs, log_probs.detach().clone(), advantages, 0.1
+    )
     assert loss.item() == pytest.approx(1.0)
     assert clip_fraction.item() == 0.0
     assert approx_kl.item() == pytest.approx(0.0, abs=1e-7)
@@ -147,7 +151,8 @@ def test_entropy_with_masked_columns() -> None:
             [math.log(0.5), math.log(0.5), -INF],  # uniform over 2 valid of 3 -> ln 2 = 0.6931472
             [0.0, -INF, -INF],  # one valid choice -> 0
             [math.log(1 / 3)] * 3,  # uniform over 3 -> ln 3 = 1.0986123
-            [math.log(0.25), math.log(0.75), -INF],  # -(.25 ln .25 + .75 ln .75) = 0.3465736 + 0.2157616 = 0.5623351
+            # -(.25 ln .25 + .75 ln .75) = 0.3465736 + 0.2157616 = 0.5623351
+            [math.log(0.25), math.log(0.75), -INF],
         ],
         requires_grad=True,
     )
@@ -170,7 +175,8 @@ def test_kl_divergence_with_masked_columns() -> None:
     )
     q = torch.tensor(
         [
-            [math.log(0.25), math.log(0.75), -INF],  # .5 ln(.5/.25) + .5 ln(.5/.75) = .3465736 - .2027326 = .1438410
+            # .5 ln(.5/.25) + .5 ln(.5/.75) = .3465736 - .2027326 = .1438410
+            [math.log(0.25), math.log(0.75), -INF],
             [math.log(0.5), math.log(0.5), -INF],  # identical -> 0
             [math.log(0.5), -INF, -INF],  # only column 0 is valid in both: 1 * ln(1 / .5) = ln 2
         ]

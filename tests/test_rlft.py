@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from reflectrl.agent import ActingSettings, ReflectionCache, TwoPlayerAgent
+from reflectrl.agent import ActingSettings, ReflectionCache
 from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone
 from reflectrl.datamodules.online import OnlineEnvDataModule, RolloutRequest
 from reflectrl.lm import generate_reflections
@@ -38,6 +38,16 @@ TIMING_METRICS = {"charts/decisions_per_second", "charts/rollout_seconds", "char
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Any:
+    """One intra-op thread: a 32-wide model's matmuls are tiny, and on a busy 2-core machine
+    OpenMP's thread hand-offs made them ~30x slower than running on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def players(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Tiny reflection and policy players exported to folders (different initial weights)."""
@@ -49,12 +59,22 @@ def players(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(**paths)
 
 
-def make_module(players: SimpleNamespace, *, reflect: bool = True, lora: LoraSettings | None = None,
-                cache_size: int = 1000, lr: float = 3e-3, **rl: Any) -> RLFTModule:
+def make_module(
+    players: SimpleNamespace,
+    *,
+    reflect: bool = True,
+    lora: LoraSettings | None = None,
+    cache_size: int = 1000,
+    lr: float = 3e-3,
+    reflection_tokens: int = REFLECTION_TOKENS,
+    **rl: Any,
+) -> RLFTModule:
     return RLFTModule(
         backbone=BackboneConfig(name_or_path=players.policy, lora=lora),
         reflector=BackboneConfig(name_or_path=players.reflection) if reflect else None,
-        acting=ActingSettings(reflect=reflect, reflection_max_tokens=REFLECTION_TOKENS, max_prompt_tokens=512),
+        acting=ActingSettings(
+            reflect=reflect, reflection_max_tokens=reflection_tokens, max_prompt_tokens=512
+        ),
         rl=RLSettings(**rl),
         lr=lr,
         reflection_cache_size=cache_size,
@@ -62,9 +82,11 @@ def make_module(players: SimpleNamespace, *, reflect: bool = True, lora: LoraSet
     )
 
 
-def make_datamodule(stage: str = "pickup") -> OnlineEnvDataModule:
+def make_datamodule(
+    stage: str = "pickup", horizon: int = HORIZON, episodes: int = EPISODES
+) -> OnlineEnvDataModule:
     return OnlineEnvDataModule(
-        env_kwargs={"horizon": HORIZON}, stage=stage, split="train", episodes_per_batch=EPISODES, seed=3
+        env_kwargs={"horizon": horizon}, stage=stage, split="train", episodes_per_batch=episodes, seed=3
     )
 
 
@@ -113,32 +135,64 @@ class Recorder(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.initial = checksum(pl_module.model)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.after_update.append(checksum(pl_module.model))
         self.global_steps.append(trainer.global_step)
         self.stages.append(outputs["stage"])
 
 
 def record_rollouts(module: RLFTModule) -> list[str]:
-    """Wrap ``module.rollout`` to record the policy's checksum at the moment each rollout starts."""
+    """Wrap ``module.rollout`` to record the checksum of the policy weights that actually act in
+    each rollout (taken at every ``decide`` call; they must also be the weights at its start)."""
     seen: list[str] = []
-    original = module.rollout
+    original_rollout, original_agent = module.rollout, module.agent
+    acted: list[str] = []
+
+    def agent() -> Any:
+        player = original_agent()
+        decide = player.decide
+
+        def recording_decide(*args: Any, **kwargs: Any) -> Any:
+            acted.append(checksum(player.policy))
+            return decide(*args, **kwargs)
+
+        player.decide = recording_decide  # type: ignore[method-assign]
+        return player
 
     def rollout(request: RolloutRequest) -> Any:
-        seen.append(checksum(module.model))
-        return original(request)
+        acted.clear()
+        at_start = checksum(module.model)
+        result = original_rollout(request)
+        assert acted, "the rollout never asked the policy"
+        consistent = set(acted) == {at_start}
+        seen.append(at_start if consistent else f"acted with {len(set(acted))} other weights")
+        return result
 
+    module.agent = agent  # type: ignore[method-assign]
     module.rollout = rollout  # type: ignore[method-assign]
     return seen
 
 
-def make_trainer(root: Path, *, batches: int, logger: Logger | None = None, callbacks: list[pl.Callback] | None = None,
-                 checkpoint_every: int | None = None, max_steps: int = -1) -> pl.Trainer:
+def make_trainer(
+    root: Path,
+    *,
+    batches: int,
+    logger: Logger | None = None,
+    callbacks: list[pl.Callback] | None = None,
+    checkpoint_every: int | None = None,
+    max_steps: int = -1,
+) -> pl.Trainer:
     callbacks = list(callbacks or [])
     if checkpoint_every is not None:
         callbacks.append(
-            ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=checkpoint_every, save_top_k=-1, save_last=True)
+            ModelCheckpoint(
+                dirpath=root / "checkpoints",
+                every_n_train_steps=checkpoint_every,
+                save_top_k=-1,
+                save_last=True,
+            )
         )
     return pl.Trainer(
         accelerator="cpu",
@@ -209,13 +263,22 @@ def test_rollout_log_probs_match_the_training_scores(players: SimpleNamespace) -
     torch.testing.assert_close(recomputed, stored, atol=1e-5, rtol=0)
 
 
-def test_reflect_true_needs_a_reflector(players: SimpleNamespace) -> None:
+def test_reflector_is_needed_only_when_reflecting(players: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match="reflector"):
         RLFTModule(
             backbone=BackboneConfig(name_or_path=players.policy),
             reflector=None,
             acting=ActingSettings(reflect=True),
         )
+    # reflect: false with a reflector configured never builds it
+    module = RLFTModule(
+        backbone=BackboneConfig(name_or_path=players.policy),
+        reflector=BackboneConfig(name_or_path=players.reflection),
+        acting=ActingSettings(reflect=False),
+    )
+    episodes, _ = module.rollout(RolloutRequest(make_datamodule()))
+    assert module._reflector is None and module.reflector_model() == (None, None)
+    assert all(t.decision.extra["reflection"] is None for e in episodes for t in e.transitions)
 
 
 # ---------------------------------------------------------------------------------------------- a recorded run
@@ -238,22 +301,40 @@ class Run:
         return path
 
 
-def fit_run(players: SimpleNamespace, root: Path, batches: int, settings: dict[str, Any],
-            ckpt_path: Path | None = None) -> Run:
+def fit_run(
+    players: SimpleNamespace,
+    root: Path,
+    batches: int,
+    settings: dict[str, Any],
+    ckpt_path: Path | None = None,
+) -> Run:
     torch.manual_seed(1234)  # the critic head is initialised from the global RNG
+    settings = dict(settings)
+    curriculum_settings = settings.pop("curriculum", {"mode": "schedule", "schedule": [2, 2]})
     module = make_module(players, **settings)
     datamodule = make_datamodule()
     logger = MemoryLogger()
     recorder = Recorder()
-    curriculum = CurriculumCallback(stages=["pickup", "dropoff", "full"], mode="schedule", schedule=[2, 2])
+    curriculum = CurriculumCallback(stages=["pickup", "dropoff", "full"], **curriculum_settings)
     seen = record_rollouts(module)
-    trainer = make_trainer(root, batches=batches, logger=logger, callbacks=[curriculum, recorder], checkpoint_every=1)
+    trainer = make_trainer(
+        root, batches=batches, logger=logger, callbacks=[curriculum, recorder], checkpoint_every=1
+    )
     trainer.fit(module, datamodule, ckpt_path=ckpt_path)
     return Run(module, datamodule, trainer, logger, recorder, curriculum, seen, root, settings)
 
 
 REINFORCE = {"algorithm": "reinforce", "baseline": "mean"}
 PPO = {"algorithm": "ppo", "baseline": "critic", "ppo_epochs": 2, "minibatch_size": 6, "clip": 0.2}
+# LoRA policy, frozen KL reference rebuilt on resume, threshold curriculum (bar 0: advances after
+# min_rollouts batches, like the schedule above)
+LORA_PPO_KL = {
+    **PPO,
+    "lora": LoraSettings(r=4),
+    "kl_coef": 0.05,
+    "entropy_coef": 0.01,
+    "curriculum": {"mode": "threshold", "thresholds": [0.0, 0.0], "min_rollouts": 2, "window": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +367,12 @@ def test_logged_metrics(reinforce_run: Run) -> None:
     assert sorted(records) == [0, 1, 2, 3]  # the logger steps once per rollout batch
     for step, record in records.items():
         assert record["charts/rollouts"] == step + 1
-        for key in ("losses/policy", "losses/entropy", "rollout/success_rate", "charts/reflection_cache_hit_rate"):
+        for key in (
+            "losses/policy",
+            "losses/entropy",
+            "rollout/success_rate",
+            "charts/reflection_cache_hit_rate",
+        ):
             assert math.isfinite(record[key]), key
         assert 0.0 <= record["rollout/success_rate"] <= 1.0
         assert record["curriculum/stage_index"] == float(step >= 2) + float(step >= 4)
@@ -308,7 +394,9 @@ def test_checkpoint_is_lean_and_loads_weights_only(reinforce_run: Run) -> None:
     assert rl_state["baseline"]["initialized"] is True
     assert len(rl_state["cache"]["prompts"]) == len(rl_state["cache"]["reflections"]) > 0
     assert checkpoint["callbacks"][next(k for k in checkpoint["callbacks"] if "CurriculumCallback" in k)] == {
-        "stage_index": 1, "rollouts_in_stage": 0, "recent": []
+        "stage_index": 1,
+        "rollouts_in_stage": 0,
+        "recent": [],
     }
 
 
@@ -346,8 +434,29 @@ def test_resume_reinforce_is_exact(reinforce_run: Run, players: SimpleNamespace,
     assert_resume_matches(reinforce_run, run_b)
 
 
-def test_resume_ppo_critic_is_exact(players: SimpleNamespace, tmp_path: Path) -> None:
-    run_a = fit_run(players, tmp_path / "a", 4, PPO)
+def test_ppo_steps_the_optimizer_per_minibatch(players: SimpleNamespace, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = make_module(
+        players, reflect=False, algorithm="ppo", baseline="critic", ppo_epochs=2, minibatch_size=4
+    )
+    critic_before = checksum(module.critic)
+    logger = MemoryLogger()
+    trainer = make_trainer(tmp_path, batches=1, logger=logger)
+    trainer.fit(module, make_datamodule())
+    record = logger.records[0]
+    decisions = round(record["rollout/pickup/episode_length"] * EPISODES)
+    # lightning-notes P5: global_step counts optimizer steps, ppo_epochs x ceil(decisions / minibatch)
+    assert trainer.global_step == 2 * math.ceil(decisions / 4)
+    assert module.rollouts_done == 1
+    assert 0.0 <= record["losses/clipfrac"] <= 1.0 and record["losses/approx_kl"] > -1e-6
+    assert math.isfinite(record["losses/value"]) and record["losses/value"] >= 0.0
+    assert checksum(module.critic) != critic_before
+
+
+@pytest.mark.parametrize("settings", [PPO, LORA_PPO_KL], ids=["ppo_critic", "lora_ppo_kl"])
+def test_resume_ppo_is_exact(players: SimpleNamespace, tmp_path: Path, settings: dict[str, Any]) -> None:
+    run_a = fit_run(players, tmp_path / "a", 4, settings)
+    assert run_a.recorder.stages == ["pickup", "pickup", "dropoff", "dropoff"]
     assert_on_policy(run_a)
     # PPO: ppo_epochs x ceil(decisions / minibatch_size) optimizer steps per batch, so global_step jumps
     steps = run_a.recorder.global_steps
@@ -358,7 +467,11 @@ def test_resume_ppo_critic_is_exact(players: SimpleNamespace, tmp_path: Path) ->
     checkpoint = torch.load(run_a.checkpoint_after(2), weights_only=True, map_location="cpu")
     assert {"critic.weight", "critic.bias"} <= set(checkpoint["state_dict"])
 
-    run_b = fit_run(players, tmp_path / "b", 4, PPO, ckpt_path=run_a.checkpoint_after(2))
+    if settings.get("lora") is not None:
+        assert all("lora_" in k or k.startswith("critic.") for k in checkpoint["state_dict"])
+        assert not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+
+    run_b = fit_run(players, tmp_path / "b", 4, settings, ckpt_path=run_a.checkpoint_after(2))
     assert_resume_matches(run_a, run_b)
 
 
@@ -375,8 +488,13 @@ def fake_trainer(stage: str = "pickup") -> Any:
     return SimpleNamespace(datamodule=SimpleNamespace(stage=stage))
 
 
-def feed(callback: CurriculumCallback, trainer: Any, module: FakeModule, successes: list[bool],
-         stage: str | None = None) -> None:
+def feed(
+    callback: CurriculumCallback,
+    trainer: Any,
+    module: FakeModule,
+    successes: list[bool],
+    stage: str | None = None,
+) -> None:
     outputs = {"successes": successes, "stage": stage or trainer.datamodule.stage}
     callback.on_train_batch_end(trainer, module, outputs, None, 0)  # type: ignore[arg-type]
 
@@ -405,8 +523,9 @@ def test_curriculum_schedule_mode() -> None:
 
 
 def test_curriculum_threshold_mode() -> None:
-    callback = CurriculumCallback(stages=["a", "b", "c"], mode="threshold", thresholds=[0.5, 0.9], window=8,
-                                  min_rollouts=2)
+    callback = CurriculumCallback(
+        stages=["a", "b", "c"], mode="threshold", thresholds=[0.5, 0.9], window=8, min_rollouts=2
+    )
     trainer, module = fake_trainer("a"), FakeModule()
     feed(callback, trainer, module, [True] * 4)  # 100 % but only 1 rollout < min_rollouts
     assert callback.stage == "a"
@@ -427,16 +546,18 @@ def test_curriculum_threshold_mode() -> None:
 
 
 def test_curriculum_state_is_primitive_and_round_trips() -> None:
-    callback = CurriculumCallback(stages=["a", "b", "c"], mode="threshold", thresholds=[0.9, 0.9], window=8,
-                                  min_rollouts=1)
+    callback = CurriculumCallback(
+        stages=["a", "b", "c"], mode="threshold", thresholds=[0.9, 0.9], window=8, min_rollouts=1
+    )
     trainer, module = fake_trainer("a"), FakeModule()
     feed(callback, trainer, module, [True, False, True, True])
     state = callback.state_dict()
     assert state == {"stage_index": 0, "rollouts_in_stage": 1, "recent": [1.0, 0.0, 1.0, 1.0]}
     assert all(type(x) is float for x in state["recent"])
     callback.stage_index = 1
-    restored = CurriculumCallback(stages=["a", "b", "c"], mode="threshold", thresholds=[0.9, 0.9], window=8,
-                                  min_rollouts=1)
+    restored = CurriculumCallback(
+        stages=["a", "b", "c"], mode="threshold", thresholds=[0.9, 0.9], window=8, min_rollouts=1
+    )
     restored.load_state_dict(callback.state_dict())
     assert restored.state_dict() == callback.state_dict() and restored.stage == "b"
     assert restored.recent.maxlen == 8
@@ -510,13 +631,21 @@ def test_reflection_cache_hits_are_exact(players: SimpleNamespace) -> None:
     reflector, tokenizer = module.reflector_model()
     transitions = [t for e in second for t in e.transitions]
     fresh = generate_reflections(
-        reflector, tokenizer, [reflection_prompt(t.observation) for t in transitions],
-        max_new_tokens=REFLECTION_TOKENS, temperature=0.0,
+        reflector,
+        tokenizer,
+        [reflection_prompt(t.observation) for t in transitions],
+        max_new_tokens=REFLECTION_TOKENS,
+        temperature=0.0,
     )
     assert [t.decision.extra["reflection"] for t in transitions] == fresh
     for transition in transitions:
-        single = generate_reflections(reflector, tokenizer, [reflection_prompt(transition.observation)],
-                                      max_new_tokens=REFLECTION_TOKENS, temperature=0.0)
+        single = generate_reflections(
+            reflector,
+            tokenizer,
+            [reflection_prompt(transition.observation)],
+            max_new_tokens=REFLECTION_TOKENS,
+            temperature=0.0,
+        )
         assert transition.decision.extra["reflection"] == single[0]
         assert f"{REFLECTION_MARKER}" in transition.decision.extra["prompt"]
     # the reflector is frozen and outside the module tree (never trained, never checkpointed)
@@ -578,3 +707,69 @@ def test_without_reflection_trains_and_tracks_kl(players: SimpleNamespace, tmp_p
     fresh.load_state_dict(checkpoint["state_dict"], strict=False)
     assert checksum(fresh.model) == checksum(module.model)
     assert fresh.rollouts_done == 2
+
+
+def test_stop_and_resume_from_last_checkpoint(players: SimpleNamespace, tmp_path: Path) -> None:
+    """The CLI's ``--ckpt_path last`` flow at full episode length: stop after 3 updates, resume to 6."""
+
+    def run(
+        root: Path, max_steps: int, ckpt_path: Path | None = None
+    ) -> tuple[RLFTModule, MemoryLogger, pl.Trainer]:
+        torch.manual_seed(0)
+        module = make_module(players, reflect=True, reflection_tokens=16)
+        logger = MemoryLogger()
+        curriculum = CurriculumCallback(
+            stages=["pickup", "dropoff", "full"], mode="schedule", schedule=[2, 2]
+        )
+        trainer = make_trainer(
+            root, batches=6, logger=logger, callbacks=[curriculum], checkpoint_every=1, max_steps=max_steps
+        )
+        trainer.fit(module, make_datamodule(horizon=24, episodes=8), ckpt_path=ckpt_path)
+        return module, logger, trainer
+
+    full_module, full_logger, _ = run(tmp_path / "full", -1)
+    _, _, stopped = run(tmp_path / "stopped", 3)
+    assert stopped.global_step == 3
+    resumed_module, resumed_logger, resumed = run(
+        tmp_path / "resumed", -1, tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    )
+    assert resumed.global_step == 6 and sorted(resumed_logger.records) == [3, 4, 5]
+    for step in (3, 4, 5):
+        b = comparable(resumed_logger.records[step])
+        assert {k: full_logger.records[step].get(k) for k in b} == b
+    assert checksum(resumed_module) == checksum(full_module)
+    assert resumed_module.cache.state_dict() == full_module.cache.state_dict()
+
+
+class GradientRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.gradients: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        self.gradients.append(
+            {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        )
+
+
+def test_reinforce_chunks_equal_the_full_batch(players: SimpleNamespace, tmp_path: Path) -> None:
+    """REINFORCE splits the batch into minibatch_size chunks only to bound memory: the gradient
+    of the step and the logged losses are those of the whole batch."""
+    results = {}
+    for size in (3, 64):
+        module = make_module(players, reflect=False, minibatch_size=size, entropy_coef=0.05, kl_coef=0.1)
+        logger, grads = MemoryLogger(), GradientRecorder()
+        trainer = make_trainer(tmp_path / str(size), batches=1, logger=logger, callbacks=[grads])
+        trainer.fit(module, make_datamodule(horizon=6))
+        results[size] = (logger.records[0], grads.gradients)
+    (chunked, chunked_grads), (whole, whole_grads) = results[3], results[64]
+    assert len(chunked_grads) == len(whole_grads) == 1  # one optimizer step either way
+    decisions = round(whole["rollout/pickup/episode_length"] * EPISODES)
+    assert decisions > 3 and decisions % 3, "the batch must split into unequal chunks"
+    assert chunked["rollout/pickup/return"] == whole["rollout/pickup/return"]  # the same episodes
+    assert chunked_grads[0].keys() == whole_grads[0].keys()
+    for name, grad in whole_grads[0].items():
+        torch.testing.assert_close(chunked_grads[0][name], grad, atol=1e-7, rtol=1e-4, msg=name)
+    for key in ("losses/policy", "losses/entropy"):
+        assert chunked[key] == pytest.approx(whole[key], abs=1e-6), key
