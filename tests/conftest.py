@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from reflectrl.backbone import BackboneConfig
@@ -36,6 +37,19 @@ SMALL_EPISODES = {"train": 6, "val": 2, "test": 2}
 
 def tiny_backbone(**changes: Any) -> BackboneConfig:
     return BackboneConfig(**{**TINY_BACKBONE, **changes})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny models on one CPU thread (restored afterwards).
+
+    A 32-wide model gains nothing from a second thread, and on a busy 2-core machine
+    intra-op threads that wait for each other make steps many times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,317 @@
+"""The ``reflectrl`` command: every shipped config parses, the pipeline runs end to end through
+``main([...])``, and user errors are one line on stderr with a non-zero exit status."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, write_config
+
+from reflectrl.backbone import BackboneConfig, build_backbone
+from reflectrl.cli import main
+from reflectrl.modules import LMModule
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+DATA_CONFIGS = [c for c in CONFIGS if c.name.endswith("_data.yaml")]
+LIGHTNING_CONFIGS = [c for c in CONFIGS if c not in DATA_CONFIGS]
+RESULT_KEYS = {"env", "stage", "episodes", "success_rate", "mean_return", "crash_rate", "invalid_choice_rate"}
+TINY_EPISODES = '{"train": 4, "val": 2, "test": 1}'
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def exit_code(args: list[str]) -> int | str | None:
+    """Run ``main(args)``; the SystemExit code (0 when it returns normally)."""
+    argv, sys.argv = sys.argv, ["reflectrl"]  # not pytest's own arguments
+    try:
+        main(args)
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def one_error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(args)``, expect a non-zero exit and exactly one ``reflectrl: error:`` line."""
+    capsys.readouterr()
+    code = exit_code(args)
+    err = capsys.readouterr().err
+    assert code not in (0, None), f"expected a failure, got exit code {code!r}"
+    errors = [line for line in err.splitlines() if line.startswith("reflectrl: error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err, err
+    assert err.rstrip("\n").splitlines()[-1] == errors[0], err  # nothing after the message
+    return errors[0]
+
+
+def runs_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("version_*") if p.is_dir())
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_configs_are_found() -> None:
+    assert DATA_CONFIGS and LIGHTNING_CONFIGS
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+@pytest.mark.parametrize("config", LIGHTNING_CONFIGS, ids=lambda p: p.name)
+def test_lightning_config_parses(
+    config: Path, subcommand: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In an empty folder: the data and exports the config names do not exist there, and
+    # --print_config must neither need them nor create anything.
+    monkeypatch.chdir(tmp_path)
+    assert exit_code([subcommand, "--config", str(config), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    source = yaml.safe_load(config.read_text())
+    assert list(tmp_path.iterdir()) == []
+
+    for section in ("model", "data"):
+        class_path = printed[section]["class_path"]
+        assert class_path.rsplit(".", 1)[-1] == source[section]["class_path"].rsplit(".", 1)[-1]
+        module_name, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module_name), name)
+        if section == "model":
+            assert issubclass(cls, LMModule)
+        # Every value the file sets survives parsing (a renamed init arg would fail above).
+        for key, value in (source[section].get("init_args") or {}).items():
+            got = printed[section]["init_args"][key]
+            if isinstance(value, dict):
+                assert {k: got[k] for k in value} == value, key
+            else:
+                assert got == value, key
+    for key, value in source.get("trainer", {}).items():
+        if key not in ("logger", "callbacks"):
+            assert printed["trainer"][key] == value, key
+
+
+@pytest.mark.parametrize("config", DATA_CONFIGS, ids=lambda p: p.name)
+def test_data_config_parses(config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["generate", "--config", str(config), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    source = yaml.safe_load(config.read_text())
+    assert list(tmp_path.iterdir()) == []
+    for key, value in source.items():
+        if key == "teacher":
+            assert printed["teacher"]["class_path"] == value["class_path"]
+            assert {k: printed["teacher"]["init_args"][k] for k in value.get("init_args", {})} == value.get(
+                "init_args", {}
+            )
+        else:
+            assert printed[key] == value, key
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``generate`` -> ``fit`` reflection SFT -> ``fit`` policy SFT, all through ``main``."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    data_config = REPO / "configs" / "taxi_data.yaml"
+    assert exit_code(["generate", "--config", str(data_config), "--episodes", TINY_EPISODES,
+                      "--output_dir", str(data)]) == 0
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["episodes"]["train"] == {"pickup": 4, "dropoff": 4, "full": 4}
+
+    reflection_config = write_config("reflection_sft_tiny", root, data)
+    assert exit_code(["fit", "--config", str(reflection_config)]) == 0
+    policy_config = write_config("policy_sft_tiny", root, data)
+    assert exit_code(["fit", "--config", str(policy_config)]) == 0
+    return {
+        "root": root,
+        "data": data,
+        "reflection_config": reflection_config,
+        "policy_config": policy_config,
+        "reflection_runs": root / "runs" / "reflection_sft",
+        "policy_runs": root / "runs" / "policy_sft",
+        "exports": root / "exports",
+    }
+
+
+@pytest.mark.parametrize("player", ["reflection", "policy"])
+def test_fit_writes_a_lean_last_checkpoint_and_an_export(player: str, pipeline: dict[str, Path]) -> None:
+    (run,) = runs_of(pipeline[f"{player}_runs"])
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["hyper_parameters"]["export_dir"] == str(pipeline["exports"] / player)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["class_path"].endswith("SFTModule")
+
+    export = pipeline["exports"] / player
+    model, tokenizer = build_backbone(BackboneConfig(name_or_path=str(export)))
+    # The export holds the weights of the checkpoint (the module's "model." prefix stripped).
+    weights = dict(model.named_parameters())
+    assert {key.removeprefix("model.") for key in checkpoint["state_dict"]} == set(weights)
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(value, weights[key.removeprefix("model.")].detach()), key
+
+
+def test_test_plays_the_environment_and_writes_results(pipeline: dict[str, Path]) -> None:
+    (fit_run,) = runs_of(pipeline["policy_runs"])
+    last = fit_run / "checkpoints" / "last.ckpt"
+    assert exit_code(["test", "--config", str(pipeline["policy_config"]), "--ckpt_path", str(last)]) == 0
+
+    results = [run / "results.json" for run in runs_of(pipeline["policy_runs"]) if (run / "results.json").exists()]
+    assert len(results) == 1 and results[0].parent != fit_run
+    rows = json.loads(results[0].read_text())
+    assert [row["stage"] for row in rows] == ["pickup", "full"]
+    for row in rows:
+        assert RESULT_KEYS <= set(row)
+        assert row["env"] == "reflectrl/DangerousTaxi-v0"
+        assert row["episodes"] == 4
+        for key in ("success_rate", "crash_rate", "invalid_choice_rate"):
+            assert 0.0 <= row[key] <= 1.0
+        assert math.isfinite(row["mean_return"])
+        # Every episode ends in success, a crash or the horizon: the rates are consistent.
+        assert row["success_rate"] + row["crash_rate"] <= 1.0
+
+
+def test_fast_dev_run_writes_no_checkpoint_and_keeps_the_export(
+    config_writer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A smoke test must not replace a real export or leave checkpoints behind."""
+    export = tmp_path / "exports" / "reflection"
+    export.mkdir(parents=True)
+    (export / "sentinel.txt").write_text("the real export\n")
+    config = config_writer("reflection_sft_tiny")
+    with caplog.at_level("INFO"):
+        assert exit_code(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
+    assert "`max_steps=1` reached" in caplog.text  # it did train one step
+    assert sorted(p.name for p in export.iterdir()) == ["sentinel.txt"]
+    assert list(tmp_path.rglob("*.ckpt")) == []
+
+
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def test_bf16_mixed_fit_on_cpu(config_writer, tmp_path: Path) -> None:
+    config = config_writer("reflection_sft_tiny")
+    args = ["fit", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2"]
+    assert exit_code(args) == 0
+    (run,) = runs_of(tmp_path / "runs" / "reflection_sft")
+    losses = tensorboard_scalars(run, "train/reflection_loss")
+    assert [step for step, _ in losses] == [0, 1]
+    assert all(math.isfinite(value) and value > 0 for _, value in losses)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    # Mixed precision keeps float32 weights, and they trained.
+    model, _ = build_backbone(BackboneConfig(name_or_path=str(tmp_path / "exports" / "reflection")))
+    initial, _ = build_backbone(BackboneConfig(**yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.transformer.wte.weight, initial.transformer.wte.weight)
+
+
+def test_help_of_the_module_and_the_console_script() -> None:
+    script = Path(sys.executable).parent / "reflectrl"
+    assert script.is_file()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    commands = [[sys.executable, "-m", "reflectrl", "--help"], [str(script), "--help"]]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for command in commands
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert "Reflect-RL" in out and "generate" in out
+        for subcommand in ("fit", "validate", "test", "predict"):
+            assert subcommand in out
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_unknown_key_on_the_command_line(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny")
+    line = one_error_line(["fit", "--config", str(config), "--model.init_args.bogus", "1"], capsys)
+    assert "model.init_args.bogus" in line
+
+
+@pytest.mark.parametrize("key", ["model.init_args.bogus", "data.init_args.bogus", "trainer.bogus", "bogus"])
+def test_unknown_key_in_a_yaml_file(key: str, config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny", **{key: 1})
+    line = one_error_line(["fit", "--config", str(config)], capsys)
+    assert f"'{key}'" in line
+
+
+def test_missing_data_file(config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "policy_sft.train.jsonl"
+    config = config_writer("policy_sft_tiny", **{"data.init_args.train_file": str(missing)})
+    line = one_error_line(["fit", "--config", str(config)], capsys)
+    assert str(missing) in line
+    assert list(tmp_path.rglob("*.ckpt")) == [] and not (tmp_path / "exports").exists()
+
+
+def test_malformed_jsonl_line_names_file_and_line(
+    config_writer, taxi_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (taxi_data / "policy_sft.train.jsonl").read_text().splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]  # line 3 cut in half
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines) + "\n")
+    config = config_writer("policy_sft_tiny", **{"data.init_args.train_file": str(broken)})
+    line = one_error_line(["fit", "--config", str(config)], capsys)
+    assert f"{broken}:3:" in line and "invalid JSON" in line
+    assert list(tmp_path.rglob("*.ckpt")) == [] and not (tmp_path / "exports").exists()
+
+
+def test_missing_checkpoint_file(config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny")
+    missing = tmp_path / "runs" / "nope" / "last.ckpt"
+    line = one_error_line(["test", "--config", str(config), "--ckpt_path", str(missing)], capsys)
+    assert str(missing) in line
+
+
+def test_missing_reflector_export_at_test_time(
+    pipeline: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reflection export the policy checkpoint names has gone (moved or deleted)."""
+    missing = tmp_path / "moved" / "reflection"
+    (fit_run,) = [run for run in runs_of(pipeline["policy_runs"]) if (run / "checkpoints").is_dir()]
+    checkpoint: dict[str, Any] = torch.load(fit_run / "checkpoints" / "last.ckpt", map_location="cpu",
+                                            weights_only=True)
+    checkpoint["hyper_parameters"]["reflector"]["name_or_path"] = str(missing)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(checkpoint, ckpt)
+    config = write_config("policy_sft_tiny", tmp_path, pipeline["data"],
+                          **{"model.init_args.reflector.name_or_path": str(missing)})
+    line = one_error_line(["test", "--config", str(config), "--ckpt_path", str(ckpt)], capsys)
+    assert str(missing) in line
+    assert list(tmp_path.rglob("results.json")) == []
+
+
+def test_generate_refuses_a_non_empty_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "data"
+    output.mkdir()
+    (output / "policy_sft.train.jsonl").write_text('{"old": true}\n')
+    (output / "notes.txt").write_text("keep me\n")
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    args = ["generate", "--config", str(REPO / "configs" / "taxi_data.yaml"), "--episodes", TINY_EPISODES,
+            "--output_dir", str(output)]
+    line = one_error_line(args, capsys)
+    assert str(output) in line and "overwrite" in line
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging folder left behind
+    # With overwrite it is replaced.
+    assert exit_code([*args, "--overwrite", "true"]) == 0
+    assert not (output / "notes.txt").exists() and (output / "manifest.json").is_file()
+    shutil.rmtree(output)
