@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone
+from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone, replace_config
 from reflectrl.errors import ReflectRLError
 
 log = logging.getLogger("reflectrl")
@@ -29,6 +29,15 @@ def as_backbone_config(value: BackboneConfig | dict[str, Any] | None) -> Backbon
     if isinstance(values.get("lora"), dict):
         values["lora"] = LoraSettings(**values["lora"])
     return BackboneConfig(**values)
+
+
+def build_frozen_player(config: BackboneConfig, device: torch.device) -> tuple[Any, Any]:
+    """A player that acts but is never trained (the reflector): frozen, on ``device``.
+
+    Callers keep it outside the module tree, so it is neither optimised nor checkpointed.
+    """
+    model, tokenizer = build_backbone(replace_config(config, trainable=False))
+    return model.to(device), tokenizer
 
 
 def _plain(value: Any) -> Any:

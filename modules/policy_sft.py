@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from reflectrl.agent import ActingSettings, TwoPlayerAgent
-from reflectrl.backbone import BackboneConfig, build_backbone
+from reflectrl.backbone import BackboneConfig
 from reflectrl.datamodules.episodes import EpisodeBatch
-from reflectrl.modules.base import LMModule, as_backbone_config
+from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
 
 
@@ -90,10 +90,7 @@ class PolicySFTModule(LMModule):
             if self._reflector is None:
                 if self.reflector_config is None:
                     raise ValueError("model.init_args.reflector must be set to act with reflections")
-                frozen = self.reflector_config.__class__(**{**vars(self.reflector_config), "trainable": False})
-                model, tokenizer = build_backbone(frozen)
-                # Kept out of the module tree: never trained, never checkpointed.
-                self._reflector = (model.to(self.device), tokenizer)
+                self._reflector = build_frozen_player(self.reflector_config, self.device)
             reflector, reflector_tokenizer = self._reflector
         settings = self.acting if need_reflector else ActingSettings(**{**vars(self.acting), "reflect": False})
         return TwoPlayerAgent(self.model, self.tokenizer, reflector, reflector_tokenizer, settings)

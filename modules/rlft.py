@@ -13,11 +13,11 @@ from torch import nn
 
 from reflectrl import algorithms
 from reflectrl.agent import ActingSettings, ReflectionCache, TwoPlayerAgent
-from reflectrl.backbone import BackboneConfig, build_backbone, replace_config
+from reflectrl.backbone import BackboneConfig
 from reflectrl.datamodules.episodes import EpisodeBatch
 from reflectrl.datamodules.online import RolloutRequest
 from reflectrl.lm import choice_log_probs_and_state, encode_choice_batch
-from reflectrl.modules.base import LMModule, as_backbone_config
+from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
 from reflectrl.rollout import Decision, Episode, play_episodes
 
@@ -139,8 +139,7 @@ class RLFTModule(LMModule):
             return None, None
         if self._reflector is None:
             assert self.reflector_config is not None
-            model, tokenizer = build_backbone(replace_config(self.reflector_config, trainable=False))
-            self._reflector = (model.to(self.device), tokenizer)  # frozen, outside the module tree
+            self._reflector = build_frozen_player(self.reflector_config, self.device)
         return self._reflector
 
     def agent(self) -> TwoPlayerAgent:

@@ -38,14 +38,8 @@ TIMING_METRICS = {"charts/decisions_per_second", "charts/rollout_seconds", "char
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Any:
-    """One intra-op thread: a 32-wide model's matmuls are tiny, and on a busy 2-core machine
-    OpenMP's thread hand-offs made them ~30x slower than running on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this module's tiny models (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
