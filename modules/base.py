@@ -7,6 +7,7 @@ loss, the metrics and, for the players that act, environment evaluation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from typing import Any
@@ -19,6 +20,7 @@ from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, exp
 from reflectrl.errors import ReflectRLError
 
 log = logging.getLogger("reflectrl")
+TOKENIZER_KEY = "reflectrl_tokenizer_sha256"
 
 
 def as_backbone_config(value: BackboneConfig | dict[str, Any] | None) -> BackboneConfig | None:
@@ -120,11 +122,25 @@ class LMModule(pl.LightningModule):
     def _trained_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
+    def tokenizer_fingerprint(self) -> str:
+        """sha256 of the tokenizer's full definition: a tokenizer trained from a corpus is
+        rebuilt on resume, and must come out the same as the one the weights were trained with."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = self._trained_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        checkpoint[TOKENIZER_KEY] = self.tokenizer_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(TOKENIZER_KEY)
+        if saved is not None and saved != self.tokenizer_fingerprint():
+            raise ReflectRLError(
+                "checkpoint was trained with a different tokenizer than this config builds "
+                "(was the tokenizer_corpus regenerated or changed?)"
+            )
         state = checkpoint.get("state_dict", {})
         missing = sorted(self._trained_keys() - set(state))
         if missing:

@@ -24,6 +24,8 @@ REFLECTION_MARKER = "Analysis: "
 ACTIONS_HEADER = "Actions:\n"
 ACTION_MARKER = "Choice: "
 NO_REFLECTION = ""
+TEMPLATE_PIECES = (REFLECTION_MARKER, ACTIONS_HEADER, ACTION_MARKER)
+"""The fixed text every prompt holds (a trained tokenizer learns these as units)."""
 
 
 def sanitize_line(text: str) -> str:

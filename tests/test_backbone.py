@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,50 @@ def test_byte_tokenizer_special_tokens() -> None:
     assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|endoftext|>", 257)
     assert tokenizer.bos_token_id == 257
     assert tokenizer.decode([104, 105, 257, 256], skip_special_tokens=True) == "hi"
+
+
+def _bpe_corpus(tmp_path: Path) -> str:
+    lines = [
+        {"observation": f"Taxi ({r},{c}). Passenger at Y (4,0).\nHistory: south, east", "reflection": "Go south now.",
+         "valid_actions": ["go south", "go north"], "action": 0}
+        for r in range(5) for c in range(5)
+    ]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_bpe_tokenizer_is_deterministic_shorter_and_round_trips(tmp_path: Path) -> None:
+    config = tiny(tokenizer="bpe", tokenizer_corpus=[_bpe_corpus(tmp_path)], tokenizer_vocab_size=400)
+    model, tokenizer = build_backbone(config)
+    _, again = build_backbone(config)
+    assert tokenizer.backend_tokenizer.to_str() == again.backend_tokenizer.to_str()
+    assert len(tokenizer) <= 400 and model.config.vocab_size == len(tokenizer)
+    seen = "Taxi (2,3). Passenger at Y (4,0).\nHistory: south, east\nAnalysis: Go south now."
+    assert len(tokenizer(seen)["input_ids"]) < len(seen.encode()) / 2  # merges learnt from the corpus
+    assert "Analysis" in tokenizer.convert_ids_to_tokens(tokenizer(seen)["input_ids"])  # template piece
+    for text in [seen, "unseen ✓ 日本語 🚕\t\r\n", "<|endoftext|> stays text"]:
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.eos_token_id not in ids and tokenizer.pad_token_id not in ids
+        assert tokenizer.decode(ids) == text
+    # The exported player loads back with the same tokenizer (users never retrain it).
+    export_backbone(model, tokenizer, tmp_path / "export")
+    _, loaded = build_backbone(BackboneConfig(name_or_path=str(tmp_path / "export")))
+    assert loaded(seen)["input_ids"] == tokenizer(seen)["input_ids"]
+
+
+def test_bpe_tokenizer_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(BackboneError, match="needs tokenizer_corpus"):
+        build_backbone(tiny(tokenizer="bpe"))
+    with pytest.raises(BackboneError, match="corpus file '.*missing.jsonl' not found"):
+        build_backbone(tiny(tokenizer="bpe", tokenizer_corpus=[str(tmp_path / "missing.jsonl")]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": "x"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(BackboneError, match=r"bad.jsonl:2: not JSON") as error:
+        build_backbone(tiny(tokenizer="bpe", tokenizer_corpus=[str(bad)]))
+    assert "\n" not in str(error.value)
+    with pytest.raises(BackboneError, match="unknown tokenizer 'words'"):
+        build_backbone(tiny(tokenizer="words"))
 
 
 # ---------------------------------------------------------------------------------------------- tiny model

@@ -341,6 +341,25 @@ def test_trainer_restore_of_a_different_model_config_is_a_one_line_error(
         assert torch.equal(param.detach(), before[name])
 
 
+def test_checkpoint_of_a_differently_trained_tokenizer_is_a_one_line_error(taxi_data: Path, tmp_path: Path) -> None:
+    """A BPE tokenizer is retrained from its corpus on resume: a changed corpus must not load silently."""
+    def bpe(corpus: str) -> Any:
+        return tiny_backbone(tokenizer="bpe", tokenizer_corpus=[str(taxi_data / corpus)], tokenizer_vocab_size=300)
+
+    module = ReflectionSFTModule(bpe("reflection_sft.train.jsonl"), max_prompt_tokens=128)
+    data = SFTDataModule(str(taxi_data / "reflection_sft.train.jsonl"), record_kind="reflection", batch_size=4)
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "bpe.ckpt")
+    loaded = ReflectionSFTModule.load_from_checkpoint(tmp_path / "bpe.ckpt", map_location="cpu", weights_only=True)
+    assert loaded.tokenizer_fingerprint() == module.tokenizer_fingerprint()
+    other = bpe("reflection_sft.val.jsonl")
+    assert len(build_backbone(other)[1]) == len(module.tokenizer)  # same shapes: only the check can tell
+    with pytest.raises(ReflectRLError, match="different tokenizer") as caught:
+        ReflectionSFTModule.load_from_checkpoint(tmp_path / "bpe.ckpt", map_location="cpu", weights_only=True, backbone=other)
+    assert "\n" not in str(caught.value)
+
+
 # ---------------------------------------------------------------------------------------------- export
 @pytest.mark.parametrize("which", ["full", "lora"])
 def test_export_round_trip_gives_the_same_logits(
