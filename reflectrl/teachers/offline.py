@@ -430,4 +430,4 @@ def write_autoexplore(request: ReflectionRequest, rng: random.Random) -> str:
     move = _move_sentence_autoexplore(facts, rng)
     if request.mistake is not None:
         return fit([(_autoexplore_mistake(request.mistake, facts, rng), 0), (where, 1), (move, 0)])
-    return fit([(where, 0), (move, 0)])
+    return fit([(where, 1), (move, 0)])
