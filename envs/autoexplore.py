@@ -298,7 +298,7 @@ class AutoExploreEnv(gymnasium.Env[str, int]):
             if task_root is None:
                 raise ValueError(f"{where}: no root (pass root= or give the task a 'root')")
             sandbox = self._sandbox(str(task_root), where)
-            task = _Task(raw, index, sandbox.root, where, self.split_fractions)
+            task = _Task(raw, index, str(task_root), where, self.split_fractions)
             if check_targets:
                 for parts in task.targets:
                     if sandbox.entry_kind(parts[:-1], parts[-1]) != FILE or not self._visible_path(sandbox, parts):

@@ -54,8 +54,9 @@ def display_name(name: str) -> str:
 
     ``name`` is a ``str`` as ``os.scandir`` returns it (undecodable bytes as surrogate escapes).
     Printable ASCII other than backslash and space stays as is; backslash becomes ``\\\\``;
-    undecodable bytes become ``\\xNN``; any other character becomes ``\\xNN``, ``\\uNNNN`` or
-    ``\\UNNNNNNNN``. A trailing listing marker character (``/@|=#?``) is escaped too, so ``a@``
+    undecodable bytes and ASCII space/control characters become ``\\xNN``; any non-ASCII character
+    becomes ``\\uNNNN`` or ``\\UNNNNNNNN`` (so a raw byte and a character never look alike).
+    A trailing listing marker character (``/@|=#?``) is escaped too, so ``a@``
     (a file) and ``a`` (a symlink, listed ``a@``) stay distinguishable in a listing.
     """
     out: list[str] = []
@@ -67,9 +68,9 @@ def display_name(name: str) -> str:
             out.append(ch)
         elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape: an undecodable byte
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif code <= 0xFF:
+        elif code < 0x80:  # ASCII space and control characters
             out.append(f"\\x{code:02x}")
-        elif code <= 0xFFFF:
+        elif code <= 0xFFFF:  # a decoded non-ASCII character (never \\x: those are raw bytes)
             out.append(f"\\u{code:04x}")
         else:
             out.append(f"\\U{code:08x}")
