@@ -481,7 +481,9 @@ class AutoExploreEnv(gymnasium.Env[str, int]):
             return None, f"action must be an index or a command string, got {type(action).__name__}"
         index = int(action)
         if not 0 <= index < len(self._actions):
-            raise ValueError(f"action index must be in [0, {len(self._actions)}), got {action!r}")
+            # Treated like a command that is not in the list (gymnasium's checker samples the
+            # whole action_space), not raised.
+            return None, f"no action number {index} (there are {len(self._actions)})"
         return index, None
 
     # ---------------------------------------------------------------------- privileged
