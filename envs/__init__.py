@@ -7,12 +7,16 @@ stays reachable through ``env.unwrapped``.
 
 from gymnasium.envs.registration import register, registry
 
+from .autoexplore import ENV_ID as AUTOEXPLORE_ENV_ID
+from .autoexplore import AutoExploreEnv
 from .taxi import ENV_ID as TAXI_ENV_ID
 from .taxi import DangerousTaxiEnv
 
 # Idempotent: re-importing (or reloading) this module must not re-register (gymnasium warns).
-# No max_episode_steps: the env truncates itself at its own `horizon`.
+# No max_episode_steps: the envs truncate themselves at their own `horizon`.
 if TAXI_ENV_ID not in registry:
     register(id=TAXI_ENV_ID, entry_point="reflectrl.envs.taxi:DangerousTaxiEnv")
+if AUTOEXPLORE_ENV_ID not in registry:
+    register(id=AUTOEXPLORE_ENV_ID, entry_point="reflectrl.envs.autoexplore:AutoExploreEnv")
 
-__all__ = ["TAXI_ENV_ID", "DangerousTaxiEnv"]
+__all__ = ["AUTOEXPLORE_ENV_ID", "TAXI_ENV_ID", "AutoExploreEnv", "DangerousTaxiEnv"]

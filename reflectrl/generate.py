@@ -24,8 +24,9 @@ import random
 import shutil
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,29 @@ def stable_seed(*parts: object) -> int:
 
 
 @dataclass
+class Prepared:
+    """What an :class:`EnvPreparation` built for one generation run."""
+
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Merged over ``env_kwargs`` while generating (e.g. the tasks, in memory)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Extra text files written into ``output_dir`` (name -> content), e.g. ``tasks.jsonl``."""
+    manifest: dict[str, Any] = field(default_factory=dict)
+    """Recorded under ``"prepared"`` in ``manifest.json``."""
+
+
+class EnvPreparation(ABC):
+    """Builds what an env needs before its oracle episodes are played (AutoExplore: its tasks).
+
+    Must be deterministic given ``seed``: the generator's output is byte-identical across runs.
+    """
+
+    @abstractmethod
+    def prepare(self, seed: int) -> Prepared:
+        """Build the env's inputs; ``seed`` is the generator's seed."""
+
+
+@dataclass
 class _Decision:
     """One recorded decision (positive or negative), before the teacher's reflection."""
 
@@ -107,6 +131,7 @@ class DataGenerator:
         seed: int = 0,
         overwrite: bool = False,
         teacher_batch_size: int = 64,
+        prepare: EnvPreparation | None = None,
     ) -> None:
         """Configure a generation run (nothing is done until :meth:`run`).
 
@@ -127,6 +152,9 @@ class DataGenerator:
             seed: Seed of everything random (episode seeds, negative points, wrong actions).
             overwrite: Replace an existing non-empty ``output_dir`` (otherwise refuse).
             teacher_batch_size: Reflection requests per ``teacher.reflect`` call.
+            prepare: Optional step run first that builds the env's inputs (e.g.
+                ``reflectrl.autoexplore_tasks.AutoExploreBenchmark`` mines the AutoExplore tasks
+                and writes ``tasks.jsonl`` beside the data).
         """
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})
@@ -138,6 +166,7 @@ class DataGenerator:
         self.seed = int(seed)
         self.overwrite = bool(overwrite)
         self.teacher_batch_size = int(teacher_batch_size)
+        self.prepare = prepare
         if not self.stages:
             raise ReflectRLError("generate: stages must list at least one stage")
         if len(set(self.stages)) != len(self.stages):
@@ -159,10 +188,12 @@ class DataGenerator:
         started = time.perf_counter()
         output = Path(self.output_dir)
         self._check_output(output)
-        env = self._make_env(self.env_kwargs)
+        prepared = self.prepare.prepare(self.seed) if self.prepare is not None else Prepared()
+        env_kwargs = self.env_kwargs | prepared.env_kwargs
+        env = self._make_env(env_kwargs)
         # Negative examples continue after the wrong action, so they need crashes that only
         # penalise.
-        safe_env = self._make_env(self.env_kwargs | {"dangerous": False})
+        safe_env = self._make_env(env_kwargs | {"dangerous": False})
         try:
             decisions, stats = self._collect(env, safe_env)
         finally:
@@ -171,7 +202,10 @@ class DataGenerator:
         reflections = self._reflect(decisions)
         files = self._records_by_file(decisions, reflections)
         manifest = self._manifest(files, stats)
-        self._write_output(output, files, manifest)
+        if self.prepare is not None:
+            manifest["args"]["prepare"] = _describe(self.prepare)
+            manifest["prepared"] = prepared.manifest
+        self._write_output(output, files, manifest, prepared.files)
         seconds = time.perf_counter() - started
         summary = {
             "output_dir": str(output),
@@ -194,9 +228,8 @@ class DataGenerator:
         try:
             return gymnasium.make(self.env_id, **kwargs)
         except (gymnasium.error.Error, TypeError, ValueError) as error:
-            raise ReflectRLError(
-                f"generate: cannot make env {self.env_id!r} with {kwargs}: {error}"
-            ) from None
+            shown = {key: ("[...]" if key == "tasks" else value) for key, value in kwargs.items()}
+            raise ReflectRLError(f"generate: cannot make env {self.env_id!r} with {shown}: {error}") from None
 
     def _reset(self, env: gymnasium.Env, seed: int, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         try:
@@ -314,6 +347,11 @@ class DataGenerator:
             facts_before = safe_env.unwrapped.privileged_facts()
             optimal_before = set(int(a) for a in safe_env.unwrapped.oracle_actions())
             wrong_actions = [a for a in range(len(before.valid_actions)) if a not in optimal_before]
+            # An env may name the mistakes worth teaching (AutoExplore: reading a wrong sibling
+            # file, as in the paper); otherwise any non-optimal action will do.
+            preferred = getattr(safe_env.unwrapped, "negative_actions", None)
+            if callable(preferred):
+                wrong_actions = [a for a in preferred() if a not in optimal_before] or wrong_actions
             wrong = rng.choice(wrong_actions)
             observation, _, terminated, truncated, info = safe_env.step(wrong)
             optimal = sorted(int(a) for a in safe_env.unwrapped.oracle_actions())
@@ -420,10 +458,7 @@ class DataGenerator:
 
     def _manifest(self, files: dict[str, list[dict]], stats: dict[str, Any]) -> dict[str, Any]:
         # No output_dir, time or host in here: the manifest must be byte-identical across runs.
-        teacher_type = type(self.teacher)
-        teacher = {"class_path": f"{teacher_type.__module__}.{teacher_type.__qualname__}"}
-        if teacher_type.__repr__ is not object.__repr__:  # object's repr has a memory address
-            teacher["repr"] = repr(self.teacher)
+        teacher = _describe(self.teacher)
         return {
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,
@@ -453,7 +488,13 @@ class DataGenerator:
                 f"output_dir {output} is not empty; set overwrite: true (--overwrite true) to replace it"
             )
 
-    def _write_output(self, output: Path, files: dict[str, list[dict]], manifest: dict[str, Any]) -> None:
+    def _write_output(
+        self,
+        output: Path,
+        files: dict[str, list[dict]],
+        manifest: dict[str, Any],
+        extra_files: dict[str, str] | None = None,
+    ) -> None:
         """Write into a temporary sibling folder, then swap it into place.
 
         An interrupted run leaves ``output_dir`` as it was; the old folder is only deleted after
@@ -465,6 +506,8 @@ class DataGenerator:
             for name, records in files.items():
                 if records:
                     write_jsonl(staging / name, records)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             # mkdtemp makes a private (0700) folder; give it the permissions of a normal one.
             os.chmod(staging, 0o777 & ~_umask())
@@ -484,6 +527,15 @@ class DataGenerator:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _describe(obj: object) -> dict[str, str]:
+    """Class path (and repr unless it is object's, which holds a memory address) for the manifest."""
+    kind = type(obj)
+    described = {"class_path": f"{kind.__module__}.{kind.__qualname__}"}
+    if kind.__repr__ is not object.__repr__:
+        described["repr"] = repr(obj)
+    return described
 
 
 def _umask() -> int:

@@ -107,13 +107,20 @@ def test_data_config_parses(config: Path, capsys: pytest.CaptureFixture[str], tm
     source = yaml.safe_load(config.read_text())
     assert list(tmp_path.iterdir()) == []
     for key, value in source.items():
-        if key == "teacher":
-            assert printed["teacher"]["class_path"] == value["class_path"]
-            assert {k: printed["teacher"]["init_args"][k] for k in value.get("init_args", {})} == value.get(
-                "init_args", {}
-            )
+        if key in ("teacher", "prepare"):  # class_path objects: printed with their defaults added
+            assert_object_config(printed[key], value)
         else:
             assert printed[key] == value, key
+
+
+def assert_object_config(printed: dict[str, Any], source: dict[str, Any]) -> None:
+    """Every value a ``class_path``/``init_args`` block sets survives parsing (nested blocks too)."""
+    assert printed["class_path"] == source["class_path"]
+    for key, value in (source.get("init_args") or {}).items():
+        if isinstance(value, dict) and "class_path" in value:
+            assert_object_config(printed["init_args"][key], value)
+        else:
+            assert printed["init_args"][key] == value, key
 
 
 # ---------------------------------------------------------------------------------------------- pipeline

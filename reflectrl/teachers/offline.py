@@ -324,3 +324,110 @@ def write_taxi(request: ReflectionRequest, rng: random.Random) -> str:
     if facts.get("last_event") == "pickup" and facts["target"] == "destination":
         news = rng.choice(["Got the passenger.", "Passenger picked up."])
     return fit([(news, 3), (target, 0), (wall, wall_rank), (final, 0)])
+
+
+# ---------------------------------------------------------------------------------------------
+# AutoExplore
+# ---------------------------------------------------------------------------------------------
+
+AUTOEXPLORE_ID = "reflectrl/AutoExplore-v0"
+
+
+def _short(text: str, limit: int = 36) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _subject(about: dict[str, Any]) -> str:
+    """What the question asks for, in a few words ("class Foo", "bar()", "the code described")."""
+    kind, name = about.get("kind"), _short(str(about.get("name", "")))
+    if kind == "class":
+        return f"class {name}"
+    if kind == "function":
+        return f"{name}()"
+    if kind == "constant":
+        return f"the constant {name}"
+    if kind == "docstring" and name:
+        return f"the documented {name}"
+    if kind == "module":
+        return "that module"
+    return "the answer"
+
+
+def _folder_words(folder: str) -> str:
+    return "the root" if folder == "/" else _short(folder, 40)
+
+
+def _move_sentence_autoexplore(facts: dict[str, Any], rng: random.Random) -> str:
+    """The plan, ending with the exact command so the policy can match it to the list."""
+    command = str(facts["next_action"])
+    verb, _, name = command.partition(" ")
+    if verb == "id":
+        return rng.choice([f"Answer: {command}", f"So identify it: {command}", f"Done: {command}"])
+    if name == "..":
+        return rng.choice([f"Go back up: {command}", f"Back out first: {command}", f"Return: {command}"])
+    return rng.choice([f"Enter it: {command}", f"Next: {command}", f"So go in: {command}", f"Step in: {command}"])
+
+
+def _where_sentence(facts: dict[str, Any], rng: random.Random) -> str:
+    """Where the answer is, relative to the current folder."""
+    subject = _subject(facts.get("about") or {})
+    target_name, target_folder = _short(str(facts["target_name"])), str(facts["target_folder"])
+    command = str(facts["next_action"])
+    if facts.get("target_here"):
+        return rng.choice(
+            [
+                f"{target_name} here should hold {subject}.",
+                f"{subject[0].upper() + subject[1:]} belongs in {target_name}, in this folder.",
+                f"This folder has {target_name}, the file with {subject}.",
+            ]
+        )
+    if command == "cd ..":
+        return rng.choice(
+            [
+                f"{subject[0].upper() + subject[1:]} is not below {_folder_words(str(facts['folder']))}.",
+                f"Nothing here leads to {subject}; it is under {_folder_words(target_folder)}.",
+                f"This branch is wrong for {subject}.",
+            ]
+        )
+    folder = command.partition(" ")[2]
+    return rng.choice(
+        [
+            f"{subject[0].upper() + subject[1:]} is likely under {_short(folder)}/.",
+            f"The {_short(folder)} folder should lead to {subject}.",
+            f"To find {subject}, {_short(folder)}/ looks right.",
+        ]
+    )
+
+
+def _autoexplore_mistake(mistake: Mistake, facts: dict[str, Any], rng: random.Random) -> str:
+    """Why the previous command was wrong."""
+    verb, _, name = mistake.action.partition(" ")
+    name = _short(name)
+    subject = _subject(facts.get("about") or {})
+    if verb == "cat":
+        return rng.choice(
+            [
+                f"{name} shows nothing about {subject}.",
+                f"Reading {name} was a detour: it is not where {subject} is.",
+                f"{name} is the wrong file for {subject}.",
+            ]
+        )
+    if verb == "id":
+        return rng.choice([f"{name} was not the answer.", f"Naming {name} was wrong."])
+    if name == "..":
+        return rng.choice(["Going up was a step away from the answer.", "Leaving that folder was a mistake."])
+    return rng.choice([f"{name}/ does not lead to {subject}.", f"Entering {name}/ was a wrong turn."])
+
+
+@register_writer(AUTOEXPLORE_ID)
+def write_autoexplore(request: ReflectionRequest, rng: random.Random) -> str:
+    """AutoExplore: where the asked-for code is relative to the current folder, then the command.
+
+    With a mistake: why the last command was wrong first. Always ends with the exact next command.
+    """
+    facts = request.facts
+    where = _where_sentence(facts, rng)
+    move = _move_sentence_autoexplore(facts, rng)
+    if request.mistake is not None:
+        return fit([(_autoexplore_mistake(request.mistake, facts, rng), 0), (where, 1), (move, 0)])
+    return fit([(where, 1), (move, 0)])

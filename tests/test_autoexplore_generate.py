@@ -1,0 +1,257 @@
+"""AutoExplore benchmark: mined questions, splits, determinism, oracle, teacher data, end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from autoexplore_fixtures import TOY_REPO, write_tree
+from conftest import REPO, TINY_BACKBONE
+
+from reflectrl.autoexplore_tasks import (
+    TASKS_FILE,
+    AutoExploreBenchmark,
+    TaskMiner,
+    first_sentence,
+    package_source,
+)
+from reflectrl.cli import main
+from reflectrl.data import POLICY_FIELDS, read_jsonl
+from reflectrl.envs.autoexplore import AutoExploreEnv
+from reflectrl.errors import ReflectRLError
+from reflectrl.generate import KINDS, DataGenerator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SPLITS = ("train", "val", "test")
+
+
+def variant(tag: str) -> dict[str, str]:
+    """The toy repository with every file made distinct (a tag line), so no content is shared."""
+    return {path: text + f"\nTAG_{tag.upper()}_{i} = {i}\n" for i, (path, text) in enumerate(TOY_REPO.items())}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    base = tmp_path_factory.mktemp("corpus")
+    roots: dict[str, dict[str, str]] = {}
+    for split, names in {"train": ["alpha", "beta"], "val": ["gamma"], "test": ["delta"]}.items():
+        roots[split] = {name: str(write_tree(base / name, variant(name))) for name in names}
+    return roots
+
+
+def generator(output: Path, corpus: dict, **changes: Any) -> DataGenerator:
+    kwargs: dict[str, Any] = dict(
+        env_id="reflectrl/AutoExplore-v0",
+        env_kwargs={"tasks_file": str(output / TASKS_FILE), "visible_files": ["*.py"]},
+        stages=["depth1", "depth2"],
+        episodes={"train": 12, "val": 4, "test": 4},
+        negatives_per_episode=1,
+        output_dir=str(output),
+        seed=3,
+        prepare=AutoExploreBenchmark(roots=corpus),
+    )
+    kwargs.update(changes)
+    return DataGenerator(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory, corpus: dict) -> Path:
+    output = tmp_path_factory.mktemp("gen") / "autoexplore"
+    generator(output, corpus).run()
+    return output
+
+
+def definitions(source: str) -> set[str]:
+    tree = ast.parse(source)
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)}
+    names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def docstrings(source: str) -> list[str]:
+    tree = ast.parse(source)
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef))]
+    return [s for s in (first_sentence(ast.get_docstring(n)) for n in nodes) if s]
+
+
+def test_mined_questions_have_exactly_one_answer(tmp_path: Path) -> None:
+    files = dict(TOY_REPO) | {"dup_a.py": "class Shared:\n    pass\n", "dup_b.py": "class Shared:\n    pass\n"}
+    root = write_tree(tmp_path / "toy", files)
+    tasks = TaskMiner(tasks_per_file=5).mine(str(root), "toy")
+    assert {t.kind for t in tasks} == {"class", "function", "constant", "docstring", "module"}
+    assert {t.depth for t in tasks} == {0, 1, 2}
+    assert not any(t.about.get("name") == "Shared" for t in tasks)  # defined twice: no question
+    for task in tasks:
+        assert task.target in files
+        if task.kind in ("class", "function", "constant"):
+            assert task.about["name"] in task.question
+            owners = [path for path, text in files.items() if task.about["name"] in definitions(text)]
+            assert owners == [task.target], task
+        else:
+            assert task.about["summary"] in task.question
+            owners = [path for path, text in files.items() if task.about["summary"] in docstrings(text)]
+            assert owners == [task.target], task
+
+
+def test_miner_limits_depth_and_folder_size(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "toy", TOY_REPO)
+    assert {t.depth for t in TaskMiner(max_depth=1).mine(str(root), "toy")} == {0, 1}
+    # The root lists 5 entries: a limit of 4 leaves nothing reachable.
+    assert TaskMiner(max_folder_entries=4).mine(str(root), "toy") == []
+
+
+def test_splits_share_no_repository_and_no_file(tmp_path: Path, corpus: dict) -> None:
+    shared = dict(corpus)
+    # A test repository that vendors one file of a training repository, byte for byte.
+    vendored = write_tree(tmp_path / "vendoring", variant("epsilon") | {"core.py": variant("alpha")["core.py"]})
+    shared["test"] = corpus["test"] | {"epsilon": str(vendored)}
+    tasks, summary = AutoExploreBenchmark(roots=shared).build(seed=0)
+    assert summary["dropped_shared_files"] >= 1
+    assert not any(t["repo"] == "epsilon" and t["targets"] == ["core.py"] for t in tasks)
+    contents: dict[str, set[bytes]] = {split: set() for split in SPLITS}
+    repos: dict[str, set[str]] = {split: set() for split in SPLITS}
+    for task in tasks:
+        contents[task["split"]].add((Path(task["root"]) / task["targets"][0]).read_bytes())
+        repos[task["split"]].add(task["repo"])
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            assert not contents[first] & contents[second]
+            assert not repos[first] & repos[second]
+    with pytest.raises(ReflectRLError, match="in both"):
+        AutoExploreBenchmark(roots={"train": {"a": str(vendored)}, "test": {"a": str(vendored)}})
+    with pytest.raises(ReflectRLError, match="overlap"):
+        AutoExploreBenchmark(roots={"train": {"a": str(vendored)}, "test": {"b": str(vendored / "io")}}).build(0)
+
+
+def test_package_source_and_missing_package() -> None:
+    root, version = package_source("yaml")
+    assert Path(root, "__init__.py").is_file() and version.startswith("PyYAML ")
+    with pytest.raises(ReflectRLError, match="no_such_package_xyz"):
+        package_source("no_such_package_xyz")
+    with pytest.raises(ReflectRLError, match="not an installed package with a source folder"):
+        package_source("typing_extensions")  # a single module, no tree to explore
+
+
+def test_generated_files_and_manifest(generated: Path) -> None:
+    manifest = json.loads((generated / "manifest.json").read_text())
+    assert manifest["args"]["prepare"]["class_path"] == "reflectrl.autoexplore_tasks.AutoExploreBenchmark"
+    assert [r["repo"] for r in manifest["prepared"]["repositories"]] == ["alpha", "beta", "gamma", "delta"]
+    assert {f"{kind}.{split}.jsonl" for kind in KINDS for split in SPLITS} | {"manifest.json", TASKS_FILE} == {
+        p.name for p in generated.iterdir()
+    }
+    assert manifest["oracle_failures"] == 0 and manifest["negatives"] > 0
+
+
+def test_byte_identical_across_runs(generated: Path, corpus: dict, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generator(again, corpus, env_kwargs={"tasks_file": str(generated / TASKS_FILE), "visible_files": ["*.py"]}).run()
+    for path in generated.iterdir():
+        if path.name == "manifest.json":  # names its own tasks_file path: compare without it
+            first, second = (json.loads((d / path.name).read_text()) for d in (generated, again))
+            for manifest in (first, second):
+                manifest["env_kwargs"].pop("tasks_file")
+                manifest["args"]["env_kwargs"].pop("tasks_file")
+            assert first == second
+        else:
+            assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_oracle_solves_every_task_in_shortest_steps(generated: Path) -> None:
+    env = AutoExploreEnv(tasks_file=str(generated / TASKS_FILE), visible_files=["*.py"])
+    assert len(env.tasks) > 20
+    for index, task in enumerate(env.tasks):
+        _, info = env.reset(seed=index, options={"task": index})
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.oracle_actions()[0])
+            steps, done = steps + 1, terminated or truncated
+        assert info["success"] and steps == task.depth + 1 <= env.horizon
+
+
+def test_records_negatives_and_reflections(generated: Path) -> None:
+    records = read_jsonl(generated / "policy_sft.train.jsonl", POLICY_FIELDS)
+    tasks = {json.loads(line)["id"]: json.loads(line) for line in (generated / TASKS_FILE).read_text().splitlines()}
+    assert {r["stage"] for r in records} == {"depth1", "depth2"}
+    negatives = [r for r in records if r["negative"]]
+    assert negatives
+    for record in records:
+        command = record["valid_actions"][record["action"]]
+        assert record["reflection"].endswith(command), record["reflection"]  # the plan names the move
+        assert record["action"] in record["optimal_actions"]
+        for word in ("hint", "oracle", "optimal"):
+            assert word not in record["reflection"].lower()
+    for record in negatives:
+        history = [line for line in record["observation"].splitlines() if line.startswith("History: ")][0]
+        assert history.split("; ")[-1].removeprefix("History: ").startswith("cat ")  # a wrong file was read
+        assert f"Output of {history.split('; ')[-1].removeprefix('History: ')}:" in record["observation"]
+    # Every recorded task belongs to its record's split.
+    assert all(r["split"] == "train" for r in records)
+    assert {t["split"] for t in tasks.values()} == set(SPLITS)
+
+
+# ------------------------------------------------------------------------------------- end to end
+def adapt(name: str, folder: Path, data: Path, **changes: Any) -> Path:
+    """A shipped config with tmp paths, the tiny backbone and tiny budgets."""
+    text = (REPO / "configs" / name).read_text()
+    text = text.replace("data/autoexplore", str(data)).replace("runs/autoexplore", str(folder / "runs"))
+    config = yaml.safe_load(text)
+    config.pop("warmup", None)
+    config["trainer"] |= {"max_steps": 2, "val_check_interval": 2, "limit_val_batches": 1, "log_every_n_steps": 1,
+                          "enable_progress_bar": False, "enable_model_summary": False}
+    config["trainer"].pop("limit_train_batches", None)
+    init = config["model"]["init_args"]
+    if "architecture" in init["backbone"]:
+        init["backbone"] = {**TINY_BACKBONE, "max_positions": 2048, "init_seed": 0}
+    if "acting" in init:
+        init["acting"]["reflection_max_tokens"] = 8
+    data_args = config["data"]["init_args"]
+    data_args["batch_size"] = 4 if "batch_size" in data_args else None
+    data_args = {k: v for k, v in data_args.items() if v is not None}
+    for key in ("validation", "evaluation"):
+        if key in data_args:
+            data_args[key] |= {"episodes": 2, "batch_size": 2}
+    if "episodes_per_batch" in data_args:
+        data_args["episodes_per_batch"] = 2
+    config["data"]["init_args"] = data_args
+    for key, value in changes.items():
+        config[key] = value
+    path = folder / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_main(args: list[str]) -> None:
+    argv, sys.argv = sys.argv, ["reflectrl"]
+    try:
+        main(args)
+    finally:
+        sys.argv = argv
+
+
+def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, corpus: dict) -> None:
+    data = tmp_path / "data"
+    data_config = yaml.safe_load((REPO / "configs" / "autoexplore_data.yaml").read_text())
+    data_config["env_kwargs"]["tasks_file"] = str(data / TASKS_FILE)
+    data_config |= {"output_dir": str(data), "episodes": {"train": 6, "val": 2, "test": 2}}
+    data_config["prepare"]["init_args"] = {"roots": corpus}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data_config))
+    run_main(["generate", "--config", str(tmp_path / "data.yaml")])
+    assert (data / TASKS_FILE).is_file()
+
+    run_main(["fit", "--config", str(adapt("autoexplore_reflection_sft.yaml", tmp_path, data))])
+    assert (tmp_path / "runs" / "models" / "reflection").is_dir()
+    policy = adapt("autoexplore_policy_sft.yaml", tmp_path, data)
+    run_main(["fit", "--config", str(policy)])
+    run_main(["test", "--config", str(policy), "--ckpt_path", str(tmp_path / "runs/policy_sft/checkpoints/last.ckpt")])
+    rlft = adapt("autoexplore_rlft.yaml", tmp_path, data)
+    run_main(["fit", "--config", str(rlft)])
+    results = sorted((tmp_path / "runs" / "rlft").glob("version_*/results.json"))
+    assert results, list((tmp_path / "runs").rglob("*"))
+    per_stage = json.loads(results[-1].read_text())
+    text = json.dumps(per_stage)
+    assert "depth1" in text and "depth2" in text
