@@ -1,7 +1,7 @@
 """An offline teacher: writes reflections from the environment's privileged facts, no network.
 
 The reflections are what the reflection model learns to generate token by token at every RL step,
-so they are short (about 50-130 characters, never above :data:`MAX_CHARS`), one line, and end with
+so they are short (about 50-150 characters, never above :data:`MAX_CHARS`), one line, and end with
 the move to make. They state the facts as the agent's own analysis and never mention where the
 facts came from (no "hint", no "oracle", no "optimal action"), so the reflection model learns to
 derive them from the observation.
@@ -20,9 +20,9 @@ from typing import Any
 from reflectrl.prompts import sanitize_line
 from reflectrl.teachers.base import Mistake, ReflectionRequest, Teacher
 
-MAX_CHARS = 160
+MAX_CHARS = 200
 """Hard cap on a reflection's length (characters)."""
-TARGET_CHARS = 130
+TARGET_CHARS = 150
 """Optional parts of a reflection are dropped until it fits this length."""
 
 Writer = Callable[[ReflectionRequest, random.Random], str]
@@ -152,45 +152,54 @@ def _relative(dr: int, dc: int, rng: random.Random) -> str:
     return rng.choice([" and ", ", "]).join(parts)
 
 
+def _cell(position: Any) -> str:
+    return f"({int(position[0])},{int(position[1])})"
+
+
 def _target_sentence(facts: dict[str, Any], rng: random.Random) -> str:
-    """Where the taxi must go now, relative to its position."""
+    """Where the taxi must go now: both positions restated, then the offset between them.
+
+    Restating the two coordinates right before the offset makes the reflection a short chain of
+    reasoning a small model can follow: copy two positions, subtract, then decide. Measured on
+    the tiny default: the offsets (and so the moves) come out right far more often than when the
+    model must subtract coordinates it reads far back in the observation.
+    """
     dr, dc = _offset(facts)
     passenger, dest = facts["passenger"], facts["destination"]
+    taxi, goal = _cell(facts["taxi"]), _cell(facts["target_pos"])
     if facts["target"] == "passenger":
         if not dr and not dc:
             return rng.choice(
                 [
-                    f"The taxi is at {passenger}, on the passenger's square.",
-                    f"Taxi and passenger share the square at {passenger}.",
-                    f"The taxi stands where the passenger waits, at {passenger}.",
+                    f"The taxi is at {passenger} {goal}, on the passenger's square.",
+                    f"Taxi and passenger share the square {passenger} {goal}.",
+                    f"The taxi stands where the passenger waits, at {passenger} {goal}.",
                 ]
             )
         rel = _relative(dr, dc, rng)
         return rng.choice(
             [
-                f"The passenger waits at {passenger}, {rel}.",
-                f"Passenger at {passenger}: {rel} from the taxi.",
-                f"The passenger is {rel}, at {passenger}.",
-                f"Need the passenger at {passenger}, {rel}.",
-                f"{passenger} has the passenger, {rel}.",
+                f"The passenger waits at {passenger} {goal}; from {taxi} that is {rel}.",
+                f"Taxi at {taxi}, passenger at {passenger} {goal}: {rel}.",
+                f"From {taxi}, the passenger at {passenger} {goal} is {rel}.",
+                f"Need the passenger at {passenger} {goal}; the taxi is at {taxi}, so {rel}.",
             ]
         )
     if not dr and not dc:
         return rng.choice(
             [
-                f"The taxi is at {dest}, the destination, with the passenger aboard.",
-                f"The taxi is at {dest} with the passenger.",
-                f"This is {dest}, where the passenger wants to go.",
+                f"The taxi is at {dest} {goal}, the destination, with the passenger aboard.",
+                f"The taxi is at {dest} {goal} with the passenger.",
+                f"This is {dest} {goal}, where the passenger wants to go.",
             ]
         )
     rel = _relative(dr, dc, rng)
     return rng.choice(
         [
-            f"Passenger aboard; the destination {dest} is {rel}.",
-            f"Carrying the passenger to {dest}, {rel}.",
-            f"{dest} is the destination, {rel}.",
-            f"Taking the passenger to {dest}: {rel}.",
-            f"The passenger is in the taxi and {dest} is {rel}.",
+            f"Passenger aboard; from {taxi} the destination {dest} {goal} is {rel}.",
+            f"Carrying the passenger from {taxi} to {dest} {goal}: {rel}.",
+            f"Taxi at {taxi}, destination {dest} {goal}: {rel}.",
+            f"The passenger is in the taxi at {taxi}; {dest} {goal} is {rel}.",
         ]
     )
 
