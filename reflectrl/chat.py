@@ -197,8 +197,12 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(when - (time.time() if now is None else now), 0.0)
 
 
-def parse_completion(text: str) -> ChatReply:
-    """A ChatCompletion JSON body -> ChatReply; raises UnusableReply when it cannot be used."""
+def parse_completion(text: str, allow_cut_off: bool = False) -> ChatReply:
+    """A ChatCompletion JSON body -> ChatReply; raises UnusableReply when it cannot be used.
+
+    ``allow_cut_off``: a reply stopped by ``max_tokens`` is usable (a player's answer is read as
+    far as it goes); otherwise it is not (teacher data must be complete).
+    """
     try:
         body = json.loads(text)
     except ValueError:
@@ -214,7 +218,7 @@ def parse_completion(text: str) -> ChatReply:
     if not isinstance(content, str):
         raise UnusableReply("reply has no message content")
     finish_reason = choice.get("finish_reason")
-    if finish_reason == "length":
+    if finish_reason == "length" and not allow_cut_off:
         raise UnusableReply("reply was cut off (finish_reason length: raise max_tokens)")
     if finish_reason == "content_filter":
         raise UnusableReply("reply was withheld by a content filter")
@@ -342,11 +346,13 @@ def _kilo(n: int) -> str:
 class ChatClient:
     """Sends batches of chat requests robustly (see the module docstring)."""
 
-    def __init__(self, settings: ChatSettings, name: str = "chat") -> None:
+    def __init__(self, settings: ChatSettings, name: str = "chat", allow_cut_off: bool = False) -> None:
+        """``name`` prefixes messages and the progress bar; ``allow_cut_off``: see parse_completion."""
         import openai  # here: importing it takes a while and only network users need it
 
         self.settings = settings
         self.name = name
+        self.allow_cut_off = allow_cut_off
         self._openai = openai
         self._client = openai.OpenAI(
             base_url=settings.base_url,
@@ -499,7 +505,7 @@ class ChatClient:
             raise _Permanent(f"HTTP {status} from {where}: {message}") from None
         except openai.APIError as error:
             raise _Retryable(f"error from {where}: {_one_line(str(error))}") from None
-        return parse_completion(text)
+        return parse_completion(text, self.allow_cut_off)
 
     # ------------------------------------------------------------------------- progress bar
     def _bar_grow(self, count: int) -> None:
