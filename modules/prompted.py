@@ -10,6 +10,7 @@ are those of the trained models (``EnvEvaluation``). No trainable weights: ``fit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ from reflectrl.errors import ReflectRLError
 from reflectrl.modules.evaluation import EnvEvaluation
 
 log = logging.getLogger("reflectrl")
+
+REFLECTION_MAX_TOKENS = 128
+"""Reply limit of the reflector when it is the policy's model (``reflector`` not given)."""
 
 
 def as_chat_settings(value: ChatSettings | dict[str, Any] | None) -> ChatSettings | None:
@@ -44,8 +48,8 @@ class PromptedAgentModule(pl.LightningModule):
         """
         Args:
             policy: the chat model that picks the action (its reply is parsed into one).
-            reflector: the chat model that writes the analysis; None: the policy's (when
-                ``reflect``).
+            reflector: the chat model that writes the analysis; None: the policy's, with
+                ``max_tokens`` = REFLECTION_MAX_TOKENS (when ``reflect``).
             reflect: ask for an analysis of every state before the choice (the paper's prompted
                 baselines act without one).
             seed: seed of the random action taken after an unparseable reply.
@@ -55,7 +59,8 @@ class PromptedAgentModule(pl.LightningModule):
         assert self.policy_settings is not None
         self.reflector_settings = as_chat_settings(reflector) if reflect else None
         if reflect and self.reflector_settings is None:
-            self.reflector_settings = self.policy_settings
+            # The policy's model, with room for an analysis (a choice needs only a few tokens).
+            self.reflector_settings = dataclasses.replace(self.policy_settings, max_tokens=REFLECTION_MAX_TOKENS)
         self.reflect = reflect
         self.seed = seed
         # Hyperparameters are logged (hparams.yaml): the settings without the API key.

@@ -21,6 +21,7 @@ The API key is held in memory only: never logged, never in a repr, never in the 
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import hashlib
 import json
@@ -93,7 +94,7 @@ class ChatSettings:
 
     def public(self) -> dict[str, Any]:
         """The settings without the API key (safe to log, save as hyperparameters or in a manifest)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "api_key"}
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.__dataclass_fields__ if name != "api_key"}
 
 
 @dataclass(frozen=True)

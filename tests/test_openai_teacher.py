@@ -268,6 +268,15 @@ def test_teacher_reflects_and_reports_partial_failures(
     assert SECRET not in repr(OpenAITeacher(model="m", api_key=SECRET))  # type: ignore[arg-type]
 
 
+def test_free_text_completions_for_task_writing(server: ChatServer, tmp_path: Path) -> None:
+    """Environments that need written tasks (AutoExplore's questions) use the same robust path."""
+    server.plan = lambda body, attempt: "drop" if attempt == 0 else None
+    teacher = OpenAITeacher(model="m", base_url=server.base_url, cache_dir=None, **FAST)
+    texts = teacher.complete_texts(["Write a question answered by src/io.py", "And by setup.py"], system="Be brief.")
+    assert len(texts) == 2 and all(t.startswith("Reply ") and "\n" not in t for t in texts)
+    assert server.log[0].body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
 # ------------------------------------------------------------------------------ data generation
 def generator(output: Path, teacher: Any = None, **changes: Any) -> DataGenerator:
     args: dict[str, Any] = {"episodes": EPISODES, "negatives_per_episode": 1, "output_dir": str(output), "seed": 0}
@@ -330,10 +339,14 @@ def write_data_config(path: Path, output: Path, base_url: str, cache: Path, **te
 
 
 def run_main(args: list[str]) -> int:
+    """``main(args)``'s exit status (LightningCLI warns when sys.argv holds pytest's arguments)."""
+    argv, sys.argv = sys.argv, ["reflectrl"]
     try:
         main(args)
     except SystemExit as stop:
         return int(stop.code or 0)
+    finally:
+        sys.argv = argv
     return 0
 
 
