@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,7 +365,6 @@ class ChatClient:
         self.usage = ChatUsage()
         self._rng = random.Random()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._bar: Any = None
         # httpx logs every request at INFO; with hundreds of requests that drowns the run's log.
         for noisy in ("httpx", "httpx2", "openai"):
@@ -395,25 +393,58 @@ class ChatClient:
                     results[index] = cached
         self._bar_grow(len(todo))
         self._bar_advance(len(todo) - len(pending))
-        self._stop.clear()
         if pending:
-            executor = ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(pending)))
-            try:
-                futures = {executor.submit(self._get, key, request, validate): key for key, request in pending.items()}
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    if future.exception() is not None:
-                        raise future.exception()  # type: ignore[misc]
-                for future, key in futures.items():
-                    for index in todo[key]:
-                        results[index] = future.result()
-            except BaseException:
-                # Ctrl-C or a fatal error: stop waiting and retrying; what finished is cached.
-                self._stop.set()
-                executor.shutdown(wait=False, cancel_futures=True)
-                self.close()
-                raise
-            executor.shutdown(wait=True)
+            keys = list(pending)
+            answers = self._run_concurrently(
+                [lambda stop, key=key: self._get(key, pending[key], validate, stop) for key in keys]
+            )
+            for key, answer in zip(keys, answers, strict=True):
+                for index in todo[key]:
+                    results[index] = answer
+        return [result for result in results if result is not None]
+
+    def _run_concurrently(self, jobs: list[Callable[[threading.Event], ChatResult]]) -> list[ChatResult]:
+        """Run ``job(stop)`` for every job on up to ``concurrency`` threads; results in order.
+
+        The threads are daemons and the caller waits in short slices, so Ctrl-C is seen at once
+        and does not wait for requests in flight (their replies are lost, not half-written). The
+        first exception (a fatal answer) sets ``stop`` for the others and is re-raised.
+        """
+        stop = threading.Event()
+        results: list[ChatResult | None] = [None] * len(jobs)
+        errors: list[BaseException] = []
+        next_job = iter(range(len(jobs)))
+        take = threading.Lock()
+
+        def work() -> None:
+            while not stop.is_set():
+                with take:
+                    index = next(next_job, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = jobs[index](stop)
+                except BaseException as error:  # handed to the caller's thread
+                    errors.append(error)
+                    stop.set()
+
+        threads = [
+            threading.Thread(target=work, name=f"{self.name}-{i}", daemon=True)
+            for i in range(min(self.settings.concurrency, len(jobs)))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.1)
+        except BaseException:
+            stop.set()  # Ctrl-C: no new tries; what finished is in the cache
+            self.close()
+            raise
+        if errors:
+            self.close()
+            raise errors[0]
         return [result for result in results if result is not None]
 
     def close(self) -> None:
@@ -437,13 +468,13 @@ class ChatClient:
             self.usage.add(reply)
         return reply
 
-    def _get(self, key: str, request: ChatRequest, validate: Validator) -> ChatResult:
+    def _get(self, key: str, request: ChatRequest, validate: Validator, stop: threading.Event) -> ChatResult:
         """All tries of one request; raises only on a fatal answer or when the batch is stopped."""
         settings = self.settings
         payload = request.payload(settings.model)
         reason = ""
         for attempt in range(1, settings.max_attempts + 1):
-            if self._stop.is_set():
+            if stop.is_set():
                 raise ChatRequestError(f"{self.name}: stopped")
             with self._lock:
                 self.usage.attempts += 1
@@ -471,7 +502,7 @@ class ChatClient:
                     # At least what the server asked for (it will refuse again sooner).
                     delay = min(max(retry_after, delay), settings.backoff_cap)
                 log.debug("%s: try %d failed (%s); retrying in %.2f s", self.name, attempt, reason, delay)
-                if self._stop.wait(delay):
+                if stop.wait(delay):
                     raise ChatRequestError(f"{self.name}: stopped")
         return self._failed(reason, settings.max_attempts)
 

@@ -489,6 +489,14 @@ class DataGenerator:
                 written = start + len(batch)
                 if written == len(todo) or (written // self.teacher_batch_size) % 20 == 0:
                     logger.info("generate: teacher wrote %d/%d reflections", written, len(todo))
+        except KeyboardInterrupt:
+            saved = sum(key in done for key in keys)
+            logger.warning(
+                "generate: interrupted; %d of %d reflections are journaled in %s: run the same command again "
+                "to continue (a caching teacher does not ask again for replies it already has)",
+                saved, len(keys), journal.path,
+            )
+            raise
         finally:
             self.teacher.close()
         return [done[key] for key in keys]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from reflectrl.chat import (
 from reflectrl.cli import main
 from reflectrl.data import DataError
 from reflectrl.generate import DataGenerator, ReflectionJournal, journal_path
-from reflectrl.teachers import Mistake, OpenAITeacher, ReflectionRequest, TeacherError
+from reflectrl.teachers import Mistake, OfflineTeacher, OpenAITeacher, ReflectionRequest, TeacherError
 from reflectrl.teachers.openai_teacher import clean_reflection, reflection_messages
 
 SECRET = "sk-test-DO-NOT-LEAK-8c1f2a"
@@ -314,6 +315,35 @@ def test_generation_survives_a_third_of_requests_failing(
     assert not journal_path(output).exists()
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["args"]["teacher"]["class_path"] == "reflectrl.teachers.openai_teacher.OpenAITeacher"
+
+
+def test_an_interrupted_run_continues_from_the_journal(tmp_path: Path, reference: Path) -> None:
+    """Ctrl-C in the 3rd teacher call: the first two batches are kept, the rerun asks only for
+    the rest, and the data files are byte-identical to an uninterrupted run's."""
+
+    class InterruptedTeacher(OfflineTeacher):
+        def __init__(self, interrupt_at_call: int) -> None:
+            super().__init__(seed=0)
+            self.calls, self.asked, self.interrupt_at_call = 0, 0, interrupt_at_call
+
+        def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
+            self.calls += 1
+            if self.calls == self.interrupt_at_call:
+                raise KeyboardInterrupt
+            self.asked += len(requests)
+            return super().reflect(requests)
+
+    output = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        generator(output, InterruptedTeacher(3), teacher_batch_size=16).run()
+    assert not output.exists()
+    assert len(journal_path(output).read_text().splitlines()) == 32
+    resumed = InterruptedTeacher(0)
+    summary = generator(output, resumed, teacher_batch_size=16).run()
+    assert 0 < resumed.asked <= summary["decisions"] - 32
+    for path in sorted(reference.glob("*.jsonl")):  # (the manifest names the teacher class)
+        assert (output / path.name).read_bytes() == path.read_bytes(), path.name
+    assert not journal_path(output).exists()
 
 
 def test_journal_drops_a_torn_line(tmp_path: Path) -> None:
