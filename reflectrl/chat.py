@@ -511,7 +511,8 @@ class ChatClient:
             self.usage.requests += 1
             self.usage.failed += 1
         self._bar_advance(1)
-        log.warning("%s: request failed after %d tries: %s", self.name, attempts, reason)
+        # DEBUG: the caller reports failures (one line for the batch), not one line per request.
+        log.debug("%s: request failed after %d tries: %s", self.name, attempts, reason)
         return ChatFailure(reason=reason, attempts=attempts)
 
     def _send(self, payload: dict[str, Any]) -> ChatReply:

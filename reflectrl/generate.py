@@ -482,9 +482,14 @@ class DataGenerator:
                 done.update(finished)
                 if failure is not None:
                     missing = sum(key not in done for key in keys)
+                    first = decisions[next(i for i, answer in zip(batch, answers, strict=True) if answer is None)]
+                    where = (
+                        f"split {first.split}, stage {first.stage}, seed {first.seed}, step {first.step}"
+                        f"{', negative' if first.negative else ''}"
+                    )
                     raise DataError(
-                        f"generate: {failure}; {len(requests) - missing} of {len(requests)} reflections are saved "
-                        f"in {journal.path}: run the same command again to continue"
+                        f"generate: {failure} (first failed record: {where}); {len(requests) - missing} of "
+                        f"{len(requests)} reflections are saved in {journal.path}: run the same command again to continue"
                     )
                 written = start + len(batch)
                 if written == len(todo) or (written // self.teacher_batch_size) % 20 == 0:

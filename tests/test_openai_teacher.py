@@ -468,7 +468,7 @@ def test_a_failed_request_is_never_written_as_data(server: ChatServer, tmp_path:
     teacher = OpenAITeacher(model="m", base_url=server.base_url, cache_dir=None, max_attempts=2,
                             concurrency=1, **FAST)
     output = tmp_path / "data"
-    with pytest.raises(DataError, match="1 of 8 reflections failed .*malformed JSON.*7 of \\d+ reflections are saved"):
+    with pytest.raises(DataError, match="1 of 8 reflections failed .*malformed JSON.*first failed record: split \\w+, stage \\w+, seed \\d+, step 0\\).*7 of \\d+ reflections are saved"):
         generator(output, teacher, teacher_batch_size=8).run()
     assert not output.exists()
     assert len(ReflectionJournal(journal_path(output)).load()) == 7

@@ -198,11 +198,11 @@ class OpenAITeacher(Teacher):
         results = self.client.complete(chat, validate)
         failures = [(i, r) for i, r in enumerate(results) if isinstance(r, ChatFailure)]
         if failures:
-            index, first = failures[0]
+            first = failures[0][1]
             partial = [r.text if isinstance(r, ChatReply) else None for r in results]
             raise TeacherError(
                 f"teacher: {len(failures)} of {len(chat)} {what} failed after retries "
-                f"(first: request {index}, {first.attempts} tries: {first.reason})",
+                f"(first: {first.attempts} tries, {first.reason})",
                 partial,
             )
         return [r.text for r in results if isinstance(r, ChatReply)]
