@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 from torch import nn
 
-from reflectrl.agent import TwoPlayerAgent
 from reflectrl.datamodules.episodes import EpisodeBatch
 from reflectrl.modules.metrics import EpisodeMetrics, write_results
-from reflectrl.rollout import play_episodes
+from reflectrl.rollout import Decision, play_episodes
 
 log = logging.getLogger("reflectrl")
+
+
+class Agent(Protocol):
+    """Anything that plays: TwoPlayerAgent (trained players) or ChatAgent (prompted chat models)."""
+
+    def decide(self, observations: Sequence[str], valid_actions: Sequence[list[str]]) -> list[Decision]: ...
 
 
 class EnvEvaluation(nn.Module):
@@ -26,7 +32,7 @@ class EnvEvaluation(nn.Module):
         self.metrics = EpisodeMetrics()
         self.env_id = ""
 
-    def play(self, batch: EpisodeBatch, agent: TwoPlayerAgent) -> None:
+    def play(self, batch: EpisodeBatch, agent: Agent) -> None:
         episodes = play_episodes(batch.envs, batch.seeds, batch.options, agent.decide)
         self.env_id = batch.env_id
         self.metrics.update(batch.stage, episodes)

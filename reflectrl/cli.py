@@ -29,7 +29,6 @@ import reflectrl.modules  # noqa: F401
 from reflectrl.backbone import BackboneError
 from reflectrl.data import DataError
 from reflectrl.errors import ReflectRLError
-from reflectrl.modules.base import LMModule
 
 log = logging.getLogger("reflectrl")
 
@@ -145,7 +144,8 @@ def main(args: ArgsType = None) -> None:
             generate_main(argv[1:])
             return
         ReflectRLCLI(
-            LMModule,
+            # Any LightningModule: the LM players (LMModule subclasses) and the prompted baselines.
+            pl.LightningModule,
             pl.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

@@ -10,6 +10,15 @@ explanation of the mistake and the oracle's action from there as the policy labe
 Generic over envs that follow the env API of ARCHITECTURE.md: nothing here knows Taxi.
 Fully deterministic: the same configuration writes byte-identical files.
 
+**Resuming.** Episodes are cheap and deterministic; the teacher's reflections may be slow and
+paid for (an LLM behind an API). Every batch of reflections is appended to a journal, a hidden
+JSONL file next to ``output_dir`` (``.{name}.journal.jsonl``), one line per finished request,
+keyed by a hash of the request and the teacher, flushed and fsync'd before the next batch. An
+interrupted run (Ctrl-C, kill -9, a server that stays down) leaves the journal behind; the same
+command replays the episodes, takes every reflection the journal has, and asks the teacher only
+for the rest. A line torn by a kill is dropped. The data files are written at the end, atomically,
+from the episodes and the journal, so no record is lost or duplicated; then the journal is deleted.
+
     reflectrl generate --config configs/taxi_data.yaml [--seed 1] [--overwrite true] [--print_config]
 """
 
@@ -43,7 +52,7 @@ from reflectrl.data import (
 )
 from reflectrl.errors import ReflectRLError
 from reflectrl.prompts import sanitize_line
-from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher
+from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher, TeacherError
 
 logger = logging.getLogger("reflectrl.generate")
 
@@ -65,6 +74,79 @@ _KIND_SCHEMAS = {
 }
 
 MANIFEST = "manifest.json"
+
+
+def journal_path(output_dir: str | Path) -> Path:
+    """The resume journal of ``output_dir``: a hidden sibling file (the folder itself is swapped in whole)."""
+    output = Path(output_dir)
+    return output.parent / f".{output.name}.journal.jsonl"
+
+
+class ReflectionJournal:
+    """Append-only JSONL of finished reflections, ``{"key": ..., "reflection": ...}`` per line.
+
+    Appends are flushed and fsync'd, so after a kill -9 at most the line being written is torn;
+    :meth:`load` drops such a line (and cuts it off the file, so the next append starts clean).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, str]:
+        """Reflections by request key (empty when there is no journal)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        complete = data[: data.rfind(b"\n") + 1]  # a last line without newline is torn
+        if len(complete) < len(data):
+            logger.warning("generate: dropping a torn last line of %s", self.path)
+            with open(self.path, "r+b") as file:
+                file.truncate(len(complete))
+        entries: dict[str, str] = {}
+        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+                entries[str(entry["key"])] = str(entry["reflection"])
+            except (ValueError, KeyError, TypeError):
+                raise DataError(
+                    f"{self.path}:{number}: unreadable journal line (delete the file to start over)"
+                ) from None
+        return entries
+
+    def append(self, entries: Sequence[tuple[str, str]]) -> None:
+        if not entries:
+            return
+        lines = "".join(
+            json.dumps({"key": key, "reflection": text}, ensure_ascii=False) + "\n" for key, text in entries
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(lines)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def teacher_identity(teacher: Teacher) -> str:
+    """Class path plus repr when the class defines one (object's repr has a memory address)."""
+    teacher_type = type(teacher)
+    identity = f"{teacher_type.__module__}.{teacher_type.__qualname__}"
+    if teacher_type.__repr__ is not object.__repr__:
+        identity += f" {teacher!r}"
+    return identity
+
+
+def request_key(teacher_id: str, request: ReflectionRequest) -> str:
+    """Hash of everything a reflection depends on: the teacher and the whole request."""
+    mistake = None
+    if request.mistake is not None:
+        mistake = {"action": request.mistake.action, "facts_before": request.mistake.facts_before}
+    content = {"teacher": teacher_id, "observation": request.observation, "facts": request.facts, "mistake": mistake}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def stable_seed(*parts: object) -> int:
@@ -199,13 +281,15 @@ class DataGenerator:
         finally:
             env.close()
             safe_env.close()
-        reflections = self._reflect(decisions)
+        journal = ReflectionJournal(journal_path(output))
+        reflections = self._reflect(decisions, journal)
         files = self._records_by_file(decisions, reflections)
         manifest = self._manifest(files, stats)
         if self.prepare is not None:
             manifest["args"]["prepare"] = _describe(self.prepare)
             manifest["prepared"] = prepared.manifest
         self._write_output(output, files, manifest, prepared.files)
+        journal.remove()  # only now: the data it fed is in place
         seconds = time.perf_counter() - started
         summary = {
             "output_dir": str(output),
@@ -397,25 +481,68 @@ class DataGenerator:
                     )
 
     # ----------------------------------------------------------------------------- teacher
-    def _reflect(self, decisions: Sequence[_Decision]) -> list[str]:
-        """Ask the teacher for all reflections, ``teacher_batch_size`` requests per call."""
+    def _reflect(self, decisions: Sequence[_Decision], journal: ReflectionJournal) -> list[str]:
+        """All reflections: the journal's, then the teacher's for the rest, ``teacher_batch_size``
+        requests per call, each finished batch appended to the journal.
+
+        A teacher that fails part of a batch (TeacherError) has the parts that worked journaled
+        before the run stops with a one-line error; rerunning continues from there.
+        """
         requests = [ReflectionRequest(d.observation, d.facts, d.mistake) for d in decisions]
-        reflections: list[str] = []
-        for start in range(0, len(requests), self.teacher_batch_size):
-            batch = requests[start : start + self.teacher_batch_size]
-            answers = self.teacher.reflect(batch)
-            if len(answers) != len(batch):
-                raise DataError(f"teacher returned {len(answers)} reflections for {len(batch)} requests")
-            for answer in answers:
-                # One line: the reflection model is stopped at the first newline.
-                text = sanitize_line(str(answer))
-                if not text:
-                    raise DataError("teacher returned an empty reflection")
-                reflections.append(text)
-            done = start + len(batch)
-            if done == len(requests) or (done // self.teacher_batch_size) % 20 == 0:
-                logger.info("generate: teacher wrote %d/%d reflections", done, len(requests))
-        return reflections
+        identity = teacher_identity(self.teacher)
+        keys = [request_key(identity, request) for request in requests]
+        done = journal.load()
+        todo = [i for i, key in enumerate(keys) if key not in done]
+        if len(todo) < len(requests):
+            logger.info(
+                "generate: resuming: %d of %d reflections are in %s", len(requests) - len(todo), len(requests), journal.path
+            )
+        try:
+            for start in range(0, len(todo), self.teacher_batch_size):
+                batch = todo[start : start + self.teacher_batch_size]
+                try:
+                    answers: Sequence[str | None] = self.teacher.reflect([requests[i] for i in batch])
+                    failure = None
+                except TeacherError as error:
+                    answers, failure = error.partial, error
+                if len(answers) != len(batch):
+                    raise DataError(f"teacher returned {len(answers)} reflections for {len(batch)} requests")
+                finished = []
+                for i, answer in zip(batch, answers, strict=True):
+                    if answer is None:
+                        continue
+                    # One line: the reflection model is stopped at the first newline.
+                    text = sanitize_line(str(answer))
+                    if not text:
+                        raise DataError("teacher returned an empty reflection")
+                    finished.append((keys[i], text))
+                journal.append(finished)
+                done.update(finished)
+                if failure is not None:
+                    missing = sum(key not in done for key in keys)
+                    first = decisions[next(i for i, answer in zip(batch, answers, strict=True) if answer is None)]
+                    where = (
+                        f"split {first.split}, stage {first.stage}, seed {first.seed}, step {first.step}"
+                        f"{', negative' if first.negative else ''}"
+                    )
+                    raise DataError(
+                        f"generate: {failure} (first failed record: {where}); {len(requests) - missing} of "
+                        f"{len(requests)} reflections are saved in {journal.path}: run the same command again to continue"
+                    )
+                written = start + len(batch)
+                if written == len(todo) or (written // self.teacher_batch_size) % 20 == 0:
+                    logger.info("generate: teacher wrote %d/%d reflections", written, len(todo))
+        except KeyboardInterrupt:
+            saved = sum(key in done for key in keys)
+            logger.warning(
+                "generate: interrupted; %d of %d reflections are journaled in %s: run the same command again "
+                "to continue (a caching teacher does not ask again for replies it already has)",
+                saved, len(keys), journal.path,
+            )
+            raise
+        finally:
+            self.teacher.close()
+        return [done[key] for key in keys]
 
     # ------------------------------------------------------------------------------ output
     def _records_by_file(
@@ -458,7 +585,7 @@ class DataGenerator:
 
     def _manifest(self, files: dict[str, list[dict]], stats: dict[str, Any]) -> dict[str, Any]:
         # No output_dir, time or host in here: the manifest must be byte-identical across runs.
-        teacher = _describe(self.teacher)
+        teacher = _describe(self.teacher)  # (the teacher's repr never holds an API key)
         return {
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,

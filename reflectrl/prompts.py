@@ -18,6 +18,7 @@ The policy's answer is the label of one action ("1", "2", ...).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 REFLECTION_MARKER = "Analysis: "
@@ -78,3 +79,61 @@ def policy_prompt(
     )
     analysis = "" if reflection is None else f"{REFLECTION_MARKER}{sanitize_line(reflection)}\n"
     return f"{observation.rstrip()}\n{analysis}{ACTIONS_HEADER}{listing}{ACTION_MARKER}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompted chat models as players (the prompted-LM baselines)
+# ---------------------------------------------------------------------------------------------
+# A chat model gets the very same player prompt as a trained model, as the user message, after
+# a system message that says what to answer. Its free-text reply is mapped back to an action by
+# parse_choice.
+
+REFLECTION_CHAT_INSTRUCTION = (
+    "You act in a text environment. You are shown the current state. Write a short analysis of it: "
+    "one or two sentences on one line, ending with the move to make. Reply with the analysis only."
+)
+POLICY_CHAT_INSTRUCTION = (
+    "You act in a text environment. You are shown the current state, maybe an analysis of it, and a "
+    "numbered list of the valid actions. Reply with the number of the action to take and nothing else."
+)
+
+# A label at the very start, after an optional "Choice:"/"Action"/"Answer"/"Option" and markdown.
+_LEADING_LABEL = re.compile(
+    r"^[\s*_`'\"(\[]*(?:(?:choice|action|answer|option)\b\s*(?:number|no\.?)?\s*[:#=-]?\s*)?[(\[#]?\s*(\d+)(?!\d)",
+    re.IGNORECASE,
+)
+
+
+def chat_messages(instruction: str, prompt: str) -> list[tuple[str, str]]:
+    """(role, content) messages for a chat model: the instruction, then the canonical player prompt."""
+    return [("system", instruction), ("user", prompt)]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(sanitize_line(text).lower().strip(" \t*_`'\".!").split())
+
+
+def parse_choice(reply: str, valid_actions: Sequence[str]) -> int | None:
+    """The action index a free-text reply names, or None when it names none unambiguously.
+
+    In order: a label at the start (``3``, ``3.``, ``**3**``, ``Choice: 3``, ``(3) go east``; out of
+    range -> None); the reply being exactly one action's text; the reply mentioning exactly one
+    action's text (a text inside a longer matching one does not count separately).
+    """
+    label = _LEADING_LABEL.match(reply)
+    if label:
+        number = int(label.group(1))
+        return number - 1 if 1 <= number <= len(valid_actions) else None
+    text = _normalise(reply)
+    names = [_normalise(action) for action in valid_actions]
+    if text in names:
+        return names.index(text)
+    mentioned = {
+        index for index, name in enumerate(names) if name and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)
+    }
+    # "go north" inside "go north east" is not a second answer.
+    longest = {i for i in mentioned if not any(names[i] != names[j] and names[i] in names[j] for j in mentioned)}
+    distinct = {names[i] for i in longest}
+    if len(distinct) == 1:
+        return min(longest)
+    return None

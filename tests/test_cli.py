@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -20,10 +21,9 @@ from conftest import REPO, write_config
 
 from reflectrl.backbone import BackboneConfig, build_backbone
 from reflectrl.cli import main
-from reflectrl.modules import LMModule
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-DATA_CONFIGS = [c for c in CONFIGS if c.name.endswith("_data.yaml")]
+DATA_CONFIGS = [c for c in CONFIGS if c.stem.endswith("_data") or "_data_" in c.stem]
 LIGHTNING_CONFIGS = [c for c in CONFIGS if c not in DATA_CONFIGS]
 RESULT_KEYS = {"env", "stage", "episodes", "success_rate", "mean_return", "crash_rate", "invalid_choice_rate"}
 TINY_EPISODES = '{"train": 4, "val": 2, "test": 1}'
@@ -85,7 +85,7 @@ def test_lightning_config_parses(
         module_name, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module_name), name)
         if section == "model":
-            assert issubclass(cls, LMModule)
+            assert issubclass(cls, pl.LightningModule)
         # Every value the file sets survives parsing (a renamed init arg would fail above).
         for key, value in (source[section].get("init_args") or {}).items():
             got = printed[section]["init_args"][key]

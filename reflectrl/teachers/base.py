@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reflectrl.errors import ReflectRLError
+
 
 @dataclass
 class Mistake:
@@ -35,9 +37,33 @@ class ReflectionRequest:
     """Set for a negative example: the reflection must explain why this action was wrong."""
 
 
+class TeacherError(ReflectRLError):
+    """Some reflections of a batch could not be written (e.g. the server kept failing).
+
+    ``partial`` holds the reflections that were written (None where one failed), so a caller can
+    keep them; the message is one line naming how many failed and why.
+    """
+
+    def __init__(self, message: str, partial: Sequence[str | None]) -> None:
+        super().__init__(message)
+        self.partial = list(partial)
+
+
 class Teacher(ABC):
     """Writes one reflection per request (one line of text, never revealing the privileged facts)."""
 
     @abstractmethod
     def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
-        """Return one reflection per request, in the same order."""
+        """Return one reflection per request, in the same order.
+
+        Raises:
+            TeacherError: when some requests failed; its ``partial`` has the ones that did not.
+        """
+
+    def close(self) -> None:
+        """Release what the teacher holds (network clients, progress bars) and report usage.
+
+        Called by the data generator when it is done with the teacher (also after an error).
+        A no-op by default: an offline teacher holds nothing.
+        """
+        return None
