@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MeanMetric
 
 from reflectrl.agent import ActingSettings, TwoPlayerAgent
@@ -52,9 +53,12 @@ class PolicySFTModule(LMModule):
         self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None
-        self.val_loss = MeanMetric()
-        self.val_accuracy = MeanMetric()
-        self.val_optimal = MeanMetric()
+        # Choice metrics on held-out records, per phase: `validate`/`fit` log val/*, and `test`
+        # on a records file (no env evaluation configured) logs test/*.
+        self.record_metrics = nn.ModuleDict(
+            {phase: nn.ModuleDict({name: MeanMetric() for name in ("loss", "accuracy", "optimal")})
+             for phase in ("val", "test")}
+        )
         self.evaluation = EnvEvaluation("test")
 
     # ------------------------------------------------------------------ SFT
@@ -71,17 +75,22 @@ class PolicySFTModule(LMModule):
         return loss
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self._record_step(batch, "val")
+
+    def _record_step(self, batch: list[dict[str, Any]], phase: str) -> None:
+        """Loss, exact-label accuracy and optimal-choice rate of the policy on teacher records."""
+        metrics = self.record_metrics[phase]
         log_probs = self._choice_log_probs(batch)
         targets = torch.tensor([r["action"] for r in batch], device=self.device)
         choices = log_probs.argmax(dim=-1)
-        self.val_loss.update(choice_nll(log_probs, targets))
-        self.val_accuracy.update((choices == targets).float())
+        metrics["loss"].update(choice_nll(log_probs, targets))
+        metrics["accuracy"].update((choices == targets).float())
         optimal = [c in r.get("optimal_actions", [r["action"]]) for c, r in zip(choices.tolist(), batch, strict=True)]
-        self.val_optimal.update(torch.tensor(optimal, dtype=torch.float, device=self.device))
+        metrics["optimal"].update(torch.tensor(optimal, dtype=torch.float, device=self.device))
         size = len(batch)
-        self.log("val/policy_loss", self.val_loss, batch_size=size)
-        self.log("val/choice_accuracy", self.val_accuracy, prog_bar=True, batch_size=size)
-        self.log("val/optimal_choice_rate", self.val_optimal, batch_size=size)
+        self.log(f"{phase}/policy_loss", metrics["loss"], batch_size=size)
+        self.log(f"{phase}/choice_accuracy", metrics["accuracy"], prog_bar=True, batch_size=size)
+        self.log(f"{phase}/optimal_choice_rate", metrics["optimal"], batch_size=size)
 
     # ------------------------------------------------------------------ acting
     def agent(self, need_reflector: bool = True) -> TwoPlayerAgent:
@@ -99,7 +108,7 @@ class PolicySFTModule(LMModule):
         if isinstance(batch, EpisodeBatch):
             self.evaluation.play(batch, self.agent())
         else:
-            self.validation_step(batch, batch_idx)
+            self._record_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self.evaluation.finish(self, {"model": type(self).__name__, "reflect": self.acting.reflect})

@@ -376,3 +376,18 @@ def test_export_round_trip_gives_the_same_logits(
     assert not torch.allclose(logits_of(fresh, fresh_tokenizer), expected, atol=1e-3)
     if which == "lora":
         assert (run["export"] / "adapter_config.json").is_file()
+
+
+def test_policy_test_on_records_logs_test_metrics(taxi_data: Path) -> None:
+    """`test` on a records file (no env evaluation) reports test/*, never val/* names."""
+    module = PolicySFTModule(tiny_backbone(), acting=ActingSettings(reflect=True, max_prompt_tokens=256))
+    data = SFTDataModule(
+        str(taxi_data / "policy_sft.train.jsonl"),
+        test_file=str(taxi_data / "policy_sft.test.jsonl"),
+        record_kind="policy",
+        batch_size=8,
+    )
+    (results,) = quiet_trainer(limit_test_batches=2).test(module, data, verbose=False)
+    assert set(results) == {"test/policy_loss", "test/choice_accuracy", "test/optimal_choice_rate"}
+    assert 0.0 <= results["test/choice_accuracy"] <= results["test/optimal_choice_rate"] <= 1.0
+    assert results["test/policy_loss"] > 0
