@@ -431,3 +431,114 @@ def write_autoexplore(request: ReflectionRequest, rng: random.Random) -> str:
     if request.mistake is not None:
         return fit([(_autoexplore_mistake(request.mistake, facts, rng), 0), (where, 1), (move, 0)])
     return fit([(where, 1), (move, 0)])
+
+
+# ---------------------------------------------------------------------------------------------
+# ALFWorld
+# ---------------------------------------------------------------------------------------------
+
+ALFWORLD_ID = "reflectrl/ALFWorld-v0"
+
+_TREATMENT = {  # task type -> (verb of the command, adjective of the result)
+    "pick_heat_then_place_in_recep": ("heat", "hot"),
+    "pick_cool_then_place_in_recep": ("cool", "cool"),
+    "pick_clean_then_place_in_recep": ("clean", "clean"),
+}
+
+
+def _alfworld_target(facts: dict[str, Any]) -> str:
+    return str(facts.get("object_type") or "object")
+
+
+def _treated(facts: dict[str, Any], name: str) -> bool:
+    """True when the task needs no treatment or ``name`` already has it."""
+    treatment = _TREATMENT.get(str(facts.get("task_type")))
+    return treatment is None or name in facts.get(treatment[1], [])
+
+
+def _alfworld_reason(facts: dict[str, Any], rng: random.Random) -> str | None:
+    """Why the next command moves the task forward, from the state's facts."""
+    command = str(facts["next_action"])
+    verb = command.split()[0]
+    target = _alfworld_target(facts)
+    goal = str(facts.get("receptacle_type") or "")
+    held = [name for name in facts.get("holding", []) if name.rsplit(" ", 1)[0] == target]
+    places = facts.get("target_places") or {}
+    if verb == "go":
+        place = command.removeprefix("go to ")
+        here = sorted(name for name, at in places.items() if at == place)
+        if here and not held:
+            return rng.choice([f"The {here[0]} is at {place}.", f"A {target} waits at {place}.", f"{place} has the {here[0]}."])
+        if held:
+            item = held[0]
+            treatment = _TREATMENT.get(str(facts.get("task_type")))
+            if treatment and not _treated(facts, item):
+                return rng.choice(
+                    [f"The {item} must be {treatment[1]} first; {place} can do it.", f"{place} will make the {item} {treatment[1]}."]
+                )
+            if facts.get("task_type") == "look_at_obj_in_light":
+                return rng.choice([f"The {goal} stands at {place}.", f"Take the {item} to the {goal} at {place}."])
+            return rng.choice([f"The {item} goes to {place}.", f"Now bring the {item} to {place}.", f"Carry the {item} to {place}."])
+        if facts.get("task_type") == "look_at_obj_in_light":
+            return rng.choice([f"The {goal} is at {place}.", f"Light comes from the {goal} at {place}."])
+        return None
+    if verb == "take":
+        item = command.split(" from ")[0].removeprefix("take ")
+        return rng.choice([f"The {item} is right here.", f"Found the {item}.", f"Here is the {item} the task needs."])
+    if verb == "open":
+        return rng.choice([f"{command.removeprefix('open ')} is closed.", "It is closed; open it to reach inside."])
+    if verb in ("heat", "cool", "clean"):
+        adjective = dict(_TREATMENT.values()).get(verb, verb)
+        return rng.choice([f"The task wants it {adjective}.", f"It must be {adjective} before it goes in place."])
+    if verb == "move":
+        return rng.choice(["This is where it belongs.", "Ready to put it in place.", "Everything is in order to finish."])
+    if verb == "use":
+        return rng.choice([f"The {target} is in hand; switch the lamp on.", "Turn the light on to look."])
+    return None
+
+
+def _alfworld_progress(facts: dict[str, Any], rng: random.Random) -> str:
+    """What the agent holds now."""
+    held = facts.get("holding") or []
+    if held:
+        return rng.choice([f"Holding the {held[0]}.", f"The {held[0]} is in hand."])
+    return rng.choice(["Hands are empty.", "Holding nothing yet."])
+
+
+def _alfworld_mistake(mistake: Mistake, facts: dict[str, Any], rng: random.Random) -> str:
+    """Why the previous command did not help, judged in the state it was taken in."""
+    before = mistake.facts_before
+    action = mistake.action
+    verb = action.split()[0]
+    target = _alfworld_target(before)
+    if verb == "go":
+        place = action.removeprefix("go to ")
+        return rng.choice(
+            [f"Going to {place} was a detour.", f"{place} was the wrong place to go.", f"Nothing needed was at {place}."]
+        )
+    if verb == "take":
+        item = action.split(" from ")[0].removeprefix("take ")
+        return rng.choice([f"Taking the {item} was wrong; the task needs a {target}.", f"The {item} is not needed."])
+    if verb in ("open", "close"):
+        return rng.choice([f"{action.capitalize()} did not help.", f"No use to {action}."])
+    if verb == "move":
+        return rng.choice(["Putting it there was wrong.", f"{action.capitalize()} was a mistake."])
+    if verb in ("heat", "cool", "clean", "use"):
+        return rng.choice([f"{action.capitalize()} was not needed.", f"No need to {verb} that."])
+    return rng.choice(["That command did not help.", f"{action.capitalize()} was a wasted step."])
+
+
+@register_writer(ALFWORLD_ID)
+def write_alfworld(request: ReflectionRequest, rng: random.Random) -> str:
+    """ALFWorld: what is in hand, why the next command helps, then the exact command.
+
+    With a mistake: why the previous command did not help, first.
+    """
+    facts = request.facts
+    command = str(facts["next_action"])
+    final = rng.choice([f"Next: {command}", f"So: {command}", f"Do: {command}"])
+    reason = _alfworld_reason(facts, rng)
+    progress = _alfworld_progress(facts, rng)
+    if request.mistake is not None:
+        return fit([(_alfworld_mistake(request.mistake, facts, rng), 0), (reason, 1), (progress, 2), (final, 0)])
+    return fit([(progress, 2), (reason, 1), (final, 0)])
