@@ -24,6 +24,7 @@ from the episodes and the journal, so no record is lost or duplicated; then the 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -214,6 +215,8 @@ class DataGenerator:
         overwrite: bool = False,
         teacher_batch_size: int = 64,
         prepare: EnvPreparation | None = None,
+        wander_fraction: float = 0.0,
+        wander_steps: int = 0,
     ) -> None:
         """Configure a generation run (nothing is done until :meth:`run`).
 
@@ -237,6 +240,13 @@ class DataGenerator:
             prepare: Optional step run first that builds the env's inputs (e.g.
                 ``reflectrl.autoexplore_tasks.AutoExploreBenchmark`` mines the AutoExplore tasks
                 and writes ``tasks.jsonl`` beside the data).
+            wander_fraction: Share of episodes that start with a short random walk before the
+                oracle takes over (the walk's own steps are not recorded). It varies the history
+                each state is seen with, so the players learn that the best move depends on the
+                state, not on how it was reached: held-out starts show histories (above all
+                "none") that the train split never pairs with their positions.
+            wander_steps: Longest random walk (1 to this many safe actions: ones that neither
+                end the episode nor crash, tried on a copy of the env first).
         """
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})
@@ -249,6 +259,12 @@ class DataGenerator:
         self.overwrite = bool(overwrite)
         self.teacher_batch_size = int(teacher_batch_size)
         self.prepare = prepare
+        self.wander_fraction = float(wander_fraction)
+        self.wander_steps = int(wander_steps)
+        if not 0.0 <= self.wander_fraction <= 1.0 or self.wander_steps < 0:
+            raise ReflectRLError(
+                f"generate: wander_fraction must be in [0, 1] and wander_steps >= 0, got {wander_fraction}, {wander_steps}"
+            )
         if not self.stages:
             raise ReflectRLError("generate: stages must list at least one stage")
         if len(set(self.stages)) != len(self.stages):
@@ -344,10 +360,10 @@ class DataGenerator:
             for stage in self.stages:
                 options = {"stage": stage, "split": split}
                 for seed in self.episode_seeds(split, stage):
-                    positives, start, success = self._oracle_episode(env, seed, options)
+                    positives, start, success, walk = self._oracle_episode(env, seed, options)
                     starts.setdefault(split, set()).add(start)
                     stats["oracle_failures"] += not success
-                    negatives, skipped = self._negatives(safe_env, seed, options, positives)
+                    negatives, skipped = self._negatives(safe_env, seed, options, positives, walk)
                     stats["negatives"] += len(negatives)
                     stats["negatives_skipped"] += skipped
                     # Each negative follows the positive decision it branched from.
@@ -368,8 +384,11 @@ class DataGenerator:
 
     def _oracle_episode(
         self, env: gymnasium.Env, seed: int, options: dict[str, Any]
-    ) -> tuple[list[_Decision], str, bool]:
-        """Follow the oracle (lowest optimal index) from reset to the end of the episode."""
+    ) -> tuple[list[_Decision], str, bool, list[int]]:
+        """Optionally wander, then follow the oracle (lowest optimal index) to the end.
+
+        Returns the decisions, the start state's key, success, and the walk's actions.
+        """
         split, stage = options["split"], options["stage"]
         observation, info = self._reset(env, seed, options)
         if "split" in info and info["split"] != split:
@@ -379,8 +398,9 @@ class DataGenerator:
         # The start state identifies the task; fall back to the first observation if the env
         # does not report one.
         start = json.dumps(info.get("start_state", observation), sort_keys=True, default=str)
+        walk, observation, info = self._wander(env, seed, options, observation, info)
         decisions: list[_Decision] = []
-        for step in _count_steps(self.env_id, seed):
+        for step in _count_steps(self.env_id, seed, first=len(walk)):
             optimal = sorted(int(a) for a in env.unwrapped.oracle_actions())
             if not optimal:
                 raise DataError(
@@ -400,11 +420,40 @@ class DataGenerator:
             decisions.append(decision)
             observation, _, terminated, truncated, info = env.step(decision.action)
             if terminated or truncated:
-                return decisions, start, bool(info.get("success", False))
+                return decisions, start, bool(info.get("success", False)), walk
         raise AssertionError("unreachable")  # _count_steps raises first
 
+    def _wander(
+        self, env: gymnasium.Env, seed: int, options: dict[str, Any], observation: str, info: dict[str, Any]
+    ) -> tuple[list[int], str, dict[str, Any]]:
+        """A short seeded random walk of safe actions (see ``wander_fraction``); none by default."""
+        rng = random.Random(stable_seed(self.seed, "wander", options["split"], options["stage"], seed))
+        if self.wander_steps == 0 or rng.random() >= self.wander_fraction:
+            return [], observation, info
+        walk: list[int] = []
+        for _ in range(rng.randint(1, self.wander_steps)):
+            order = list(range(len(info["valid_actions"])))
+            rng.shuffle(order)
+            safe = next((a for a in order if self._is_safe(env, a)), None)
+            if safe is None:
+                break
+            observation, _, _, _, info = env.step(safe)
+            walk.append(safe)
+        return walk, observation, info
+
+    @staticmethod
+    def _is_safe(env: gymnasium.Env, action: int) -> bool:
+        """``action`` neither ends the episode nor crashes (tried on a copy of the env)."""
+        trial = copy.deepcopy(env)
+        try:
+            _, _, terminated, truncated, info = trial.step(action)
+        finally:
+            trial.close()
+        return not (terminated or truncated or info.get("crashed", False))
+
     def _negatives(
-        self, safe_env: gymnasium.Env, seed: int, options: dict[str, Any], positives: Sequence[_Decision]
+        self, safe_env: gymnasium.Env, seed: int, options: dict[str, Any], positives: Sequence[_Decision],
+        walk: Sequence[int] = (),
     ) -> tuple[list[_Decision], int]:
         """Branch negative examples off an oracle episode (see the module docstring).
 
@@ -414,11 +463,13 @@ class DataGenerator:
             return [], 0
         rng = random.Random(stable_seed(self.seed, "negatives", options["split"], options["stage"], seed))
         # Points where a wrong action exists (some states may have every action optimal).
-        candidates = [d.step for d in positives if len(d.optimal_actions) < len(d.valid_actions)]
+        candidates = [i for i, d in enumerate(positives) if len(d.optimal_actions) < len(d.valid_actions)]
         points = sorted(rng.sample(candidates, min(self.negatives_per_episode, len(candidates))))
         negatives, skipped = [], 0
         for point in points:
             observation, info = self._reset(safe_env, seed, options)
+            for action in walk:  # the random walk the episode began with, if any
+                observation, _, _, _, info = safe_env.step(action)
             for decision in positives[:point]:
                 self._check_replay(observation, decision)
                 observation, _, terminated, truncated, info = safe_env.step(decision.action)
@@ -447,7 +498,7 @@ class DataGenerator:
                     split=before.split,
                     stage=before.stage,
                     seed=seed,
-                    step=point + 1,
+                    step=before.step + 1,
                     observation=observation,
                     valid_actions=[str(a) for a in info["valid_actions"]],
                     action=optimal[0],
@@ -672,9 +723,9 @@ def _umask() -> int:
     return mask
 
 
-def _count_steps(env_id: str, seed: int, limit: int = 10_000) -> Iterator[int]:
-    """0, 1, 2, ...: a safety net against an env that never ends an oracle episode."""
-    yield from range(limit)
+def _count_steps(env_id: str, seed: int, limit: int = 10_000, first: int = 0) -> Iterator[int]:
+    """first, first + 1, ...: a safety net against an env that never ends an oracle episode."""
+    yield from range(first, first + limit)
     raise DataError(f"env {env_id}: oracle episode with seed {seed} did not end within {limit} steps")
 
 

@@ -370,3 +370,41 @@ def test_print_config_of_the_repo_config(capsys):
     printed = capsys.readouterr().out
     assert "class_path: reflectrl.teachers.OfflineTeacher" in printed
     assert "output_dir: data/taxi" in printed and "negatives_per_episode: 1" in printed
+
+
+def test_wandering_episodes_record_only_oracle_steps_after_a_safe_walk(tmp_path: Path):
+    """wander_*: some episodes begin with an unrecorded random walk of safe moves; every recorded
+    step is still an oracle step, numbered after the walk, with the walk in its history."""
+    output = tmp_path / "wander"
+    generator = DataGenerator(episodes={"train": 12}, negatives_per_episode=1, output_dir=str(output), seed=3,
+                              wander_fraction=1.0, wander_steps=4)
+    generator.run()
+    records = load(output, "policy_sft", "train")
+    env = gymnasium.make(TAXI)
+    first_steps = {}
+    for record in records:
+        key = (record["stage"], record["seed"])
+        first_steps[key] = min(first_steps.get(key, 99), record["step"])
+    assert all(1 <= step <= 4 for step in first_steps.values())  # every episode wandered
+    for record in records:
+        if record["negative"]:
+            continue
+        moves = record["observation"].splitlines()[-1].removeprefix("History: ").split(", ")
+        assert len(moves) == min(record["step"], 6)  # the walk is in the history (the last 6 moves)
+        if record["step"] > 6:
+            continue
+        # Rebuild the state from the history: every move was safe (no crash, episode going on)
+        # and the recorded label is the oracle's in exactly that state.
+        _, info = env.reset(seed=record["seed"], options={"stage": record["stage"], "split": "train"})
+        for move in moves:
+            action = ["south", "north", "east", "west", "pickup", "dropoff"].index(move)  # the env's order
+            observation, _, terminated, truncated, info = env.step(action)
+            assert not (terminated or truncated or info["crashed"])
+        assert observation == record["observation"]
+        assert record["optimal_actions"] == sorted(env.unwrapped.oracle_actions())
+        assert record["action"] == record["optimal_actions"][0]
+    env.close()
+    again = tmp_path / "again"
+    DataGenerator(episodes={"train": 12}, negatives_per_episode=1, output_dir=str(again), seed=3,
+                  wander_fraction=1.0, wander_steps=4).run()
+    assert (output / "policy_sft.train.jsonl").read_bytes() == (again / "policy_sft.train.jsonl").read_bytes()
