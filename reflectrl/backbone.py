@@ -156,14 +156,19 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens([PAD_TOKEN, EOS_TOKEN])
+    return _with_special_tokens(core)
+
+
+def _with_special_tokens(core: Tokenizer) -> PreTrainedTokenizerFast:
+    """Wrap a tokenizers core (which has the pad and EOS tokens) as the players' HF tokenizer."""
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD_TOKEN,
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
         clean_up_tokenization_spaces=False,
-        # Text that happens to spell "<|endoftext|>" stays bytes: observations cannot inject
-        # special tokens, and every encoding is exactly one token per byte.
+        # Text that happens to spell "<|endoftext|>" stays plain text: observations cannot
+        # inject special tokens.
         split_special_tokens=True,
     )
 
@@ -227,14 +232,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        bos_token=EOS_TOKEN,
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=True,
-    )
+    return _with_special_tokens(core)
 
 
 def build_tiny_tokenizer(config: BackboneConfig) -> PreTrainedTokenizerFast:
