@@ -63,6 +63,16 @@ class RolloutStream:
         while True:
             yield RolloutRequest(self.datamodule)
 
+    # The stream itself holds no position: what a resumed run must continue (rollout counter,
+    # curriculum stage, RNGs) lives in the module's and the callbacks' checkpoint state. Saying
+    # so through Lightning's stateful-loader protocol tells the fit loop that resuming mid-"epoch"
+    # is exact, instead of warning that the loader is not resumable.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        del state_dict
+
 
 class OnlineEnvDataModule(pl.LightningDataModule):
     """Environments for online RL (train split), plus evaluation episodes for val and test."""
