@@ -87,7 +87,8 @@ OBS_LEGEND = (
     "Map: '|' is a wall, ':' an open passage between cells; R, G, Y, B are the stations. "
     "T is the empty taxi, @ the taxi carrying the passenger, P the waiting passenger, "
     "D the destination. The taxi is drawn over anything else on its cell (e.g. over P when it "
-    "stands on the passenger). Positions are (row,col), (0,0) is the top-left cell; south "
+    "stands on the passenger); the text line then says 'here' after the passenger's (or, with the "
+    "passenger aboard, the destination's) position. Positions are (row,col), (0,0) is the top-left cell; south "
     "increases the row, east increases the column. History lists the last actions, oldest first."
 )
 """How to read an observation; for prompts (the observation itself carries no legend)."""
@@ -547,13 +548,20 @@ class DangerousTaxiEnv(gymnasium.Env[str, int]):
     def _facts_line(self, state: int) -> str:
         row, col, pass_loc, dest = self._tables.decoded[state]
         locs = self._tables.base.locs
+        taxi = (row, col)
+        # "here" marks the cell where the taxi can act (pick up the waiting passenger, drop off the
+        # one aboard). The grid draws the taxi over that cell's letter, so without the word the
+        # player must compare two coordinate pairs to notice it, which the tiny default model
+        # failed to do on held-out starts (it wrote "four rows up" while on the passenger's cell).
         if pass_loc == IN_TAXI:
             passenger = "Passenger in taxi."
         elif pass_loc == dest:
             passenger = "Passenger delivered."
         else:
-            passenger = f"Passenger at {STATIONS[pass_loc]} {_cell(locs[pass_loc])}."
-        return f"Taxi {_cell((row, col))}. {passenger} Destination {STATIONS[dest]} {_cell(locs[dest])}."
+            here = ", here" if tuple(locs[pass_loc]) == taxi else ""
+            passenger = f"Passenger at {STATIONS[pass_loc]} {_cell(locs[pass_loc])}{here}."
+        drop_here = ", here" if pass_loc == IN_TAXI and tuple(locs[dest]) == taxi else ""
+        return f"Taxi {_cell(taxi)}. {passenger} Destination {STATIONS[dest]} {_cell(locs[dest])}{drop_here}."
 
     def _observation(self) -> str:
         row, col, pass_loc, dest = self._tables.decoded[self.state]

@@ -366,6 +366,21 @@ def test_observation_for_known_state() -> None:
     assert obs.splitlines()[3] == "|T: : : : |"  # (2,0)
 
 
+def test_facts_line_says_here_where_the_taxi_can_act() -> None:
+    def facts(state: int) -> str:
+        return make("full", state)[1].splitlines()[-2]
+
+    # on the waiting passenger's cell (the grid shows only T there)
+    assert facts(enc(0, 0, R, B)) == "Taxi (0,0). Passenger at R (0,0), here. Destination B (4,3)."
+    # on the destination while the passenger still waits elsewhere: nothing to do there yet
+    assert facts(enc(4, 3, R, B)) == "Taxi (4,3). Passenger at R (0,0). Destination B (4,3)."
+    # carrying the passenger, on and off the destination
+    env, _, _ = make("full", enc(0, 0, R, B))
+    obs = env.step(PICKUP)[0]
+    assert obs.splitlines()[-2] == "Taxi (0,0). Passenger in taxi. Destination B (4,3)."
+    assert facts(enc(4, 3, IN_TAXI, B)) == "Taxi (4,3). Passenger in taxi. Destination B (4,3), here."
+
+
 def test_observation_marks_taxi_at_fixed_offset_and_fits_space() -> None:
     env = DangerousTaxiEnv(stage="full", dangerous=False)
     for state in range(500):
@@ -379,7 +394,7 @@ def test_observation_marks_taxi_at_fixed_offset_and_fits_space() -> None:
         grid = "".join(obs.splitlines()[:7])
         assert grid.count("T") + grid.count("@") == 1
         assert env.observation_space.contains(obs), obs
-        assert len(obs) <= 200
+        assert len(obs) <= 210  # short enough for the tiny default (prompts stay well under 512 tokens)
         assert all(line == line.rstrip() for line in obs.splitlines())
         assert "\x1b" not in obs
 
