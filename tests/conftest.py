@@ -8,6 +8,7 @@ checkpoints, exports) goes under pytest's tmp folders.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from reflectrl.backbone import BackboneConfig
+from reflectrl.cli import main
 from reflectrl.generate import DataGenerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,21 @@ TINY_BACKBONE: dict[str, Any] = {
 
 SMALL_EPISODES = {"train": 6, "val": 2, "test": 2}
 """Oracle episodes per split and stage of the shared dataset (a few hundred records, < 1 s)."""
+
+
+def run_main(args: list[str]) -> int | str | None:
+    """Run ``reflectrl``'s ``main(args)``; its SystemExit code, 0 when it returns normally.
+
+    ``sys.argv`` is swapped for the call: LightningCLI warns when it holds pytest's arguments.
+    """
+    argv, sys.argv = sys.argv, ["reflectrl"]
+    try:
+        main(args)
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = argv
+    return 0
 
 
 def tiny_backbone(**changes: Any) -> BackboneConfig:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, TINY_BACKBONE
+from conftest import REPO, TINY_BACKBONE, run_main
 
 if importlib.util.find_spec("alfworld") is None:
     pytest.skip("ALFWorld tests need the optional extra: pip install -e '.[alfworld]'", allow_module_level=True)
@@ -33,7 +33,6 @@ from reflectrl.alfworld_games import (  # noqa: E402
     ALFWorldGames,
     GameFamily,
 )
-from reflectrl.cli import main  # noqa: E402
 from reflectrl.data import POLICY_FIELDS, read_jsonl  # noqa: E402
 from reflectrl.envs.alfworld import ENV_ID, PAPER_STAGE, TASK_TYPES, ALFWorldEnv, find_games  # noqa: E402
 from reflectrl.errors import ReflectRLError  # noqa: E402
@@ -313,13 +312,6 @@ def adapt(name: str, folder: Path, data: Path, games: Path) -> Path:
     return path
 
 
-def run_main(args: list[str]) -> None:
-    argv, sys.argv = sys.argv, ["reflectrl"]
-    try:
-        main(args)
-    finally:
-        sys.argv = argv
-
 
 def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, games: Path) -> None:
     data = tmp_path / "data"
@@ -331,15 +323,15 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, games: Path) -> Non
                                        "families": [{"task_type": f.task_type, "object": f.object, "receptacle": f.receptacle} for f in FAMILIES]}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(config))
     before = snapshot(games)
-    run_main(["generate", "--config", str(tmp_path / "data.yaml")])
+    assert run_main(["generate", "--config", str(tmp_path / "data.yaml")]) == 0
     assert (data / "manifest.json").is_file()
 
-    run_main(["fit", "--config", str(adapt("alfworld_reflection_sft.yaml", tmp_path, data, games))])
+    assert run_main(["fit", "--config", str(adapt("alfworld_reflection_sft.yaml", tmp_path, data, games))]) == 0
     assert (tmp_path / "runs" / "models" / "reflection").is_dir()
     policy = adapt("alfworld_policy_sft.yaml", tmp_path, data, games)
-    run_main(["fit", "--config", str(policy)])
+    assert run_main(["fit", "--config", str(policy)]) == 0
     rlft = adapt("alfworld_rlft.yaml", tmp_path, data, games)
-    run_main(["fit", "--config", str(rlft)])
+    assert run_main(["fit", "--config", str(rlft)]) == 0
     results = sorted((tmp_path / "runs" / "rlft").glob("version_*/results.json"))
     assert results, list((tmp_path / "runs").rglob("*"))
     text = results[-1].read_text()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from autoexplore_fixtures import TOY_REPO, write_tree
-from conftest import REPO, TINY_BACKBONE
+from conftest import REPO, TINY_BACKBONE, run_main
 
 from reflectrl.autoexplore_tasks import (
     TASKS_FILE,
@@ -20,7 +19,6 @@ from reflectrl.autoexplore_tasks import (
     first_sentence,
     package_source,
 )
-from reflectrl.cli import main
 from reflectrl.data import POLICY_FIELDS, read_jsonl
 from reflectrl.envs.autoexplore import AutoExploreEnv
 from reflectrl.errors import ReflectRLError
@@ -225,13 +223,6 @@ def adapt(name: str, folder: Path, data: Path, **changes: Any) -> Path:
     return path
 
 
-def run_main(args: list[str]) -> None:
-    argv, sys.argv = sys.argv, ["reflectrl"]
-    try:
-        main(args)
-    finally:
-        sys.argv = argv
-
 
 def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, corpus: dict) -> None:
     data = tmp_path / "data"
@@ -240,16 +231,16 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, corpus: dict) -> No
     data_config |= {"output_dir": str(data), "episodes": {"train": 6, "val": 2, "test": 2}}
     data_config["prepare"]["init_args"] = {"roots": corpus}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(data_config))
-    run_main(["generate", "--config", str(tmp_path / "data.yaml")])
+    assert run_main(["generate", "--config", str(tmp_path / "data.yaml")]) == 0
     assert (data / TASKS_FILE).is_file()
 
-    run_main(["fit", "--config", str(adapt("autoexplore_reflection_sft.yaml", tmp_path, data))])
+    assert run_main(["fit", "--config", str(adapt("autoexplore_reflection_sft.yaml", tmp_path, data))]) == 0
     assert (tmp_path / "runs" / "models" / "reflection").is_dir()
     policy = adapt("autoexplore_policy_sft.yaml", tmp_path, data)
-    run_main(["fit", "--config", str(policy)])
-    run_main(["test", "--config", str(policy), "--ckpt_path", str(tmp_path / "runs/policy_sft/checkpoints/last.ckpt")])
+    assert run_main(["fit", "--config", str(policy)]) == 0
+    assert run_main(["test", "--config", str(policy), "--ckpt_path", str(tmp_path / "runs/policy_sft/checkpoints/last.ckpt")]) == 0
     rlft = adapt("autoexplore_rlft.yaml", tmp_path, data)
-    run_main(["fit", "--config", str(rlft)])
+    assert run_main(["fit", "--config", str(rlft)]) == 0
     results = sorted((tmp_path / "runs" / "rlft").glob("version_*/results.json"))
     assert results, list((tmp_path / "runs").rglob("*"))
     per_stage = json.loads(results[-1].read_text())

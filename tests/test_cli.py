@@ -17,10 +17,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import REPO, write_config
+from conftest import REPO, run_main, write_config
 
 from reflectrl.backbone import BackboneConfig, build_backbone
-from reflectrl.cli import main
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 DATA_CONFIGS = [c for c in CONFIGS if c.stem.endswith("_data") or "_data_" in c.stem]
@@ -31,22 +30,11 @@ TINY_EPISODES = '{"train": 4, "val": 2, "test": 1}'
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def exit_code(args: list[str]) -> int | str | None:
-    """Run ``main(args)``; the SystemExit code (0 when it returns normally)."""
-    argv, sys.argv = sys.argv, ["reflectrl"]  # not pytest's own arguments
-    try:
-        main(args)
-    except SystemExit as stop:
-        return stop.code
-    finally:
-        sys.argv = argv
-    return 0
-
 
 def one_error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """Run ``main(args)``, expect a non-zero exit and exactly one ``reflectrl: error:`` line."""
     capsys.readouterr()
-    code = exit_code(args)
+    code = run_main(args)
     err = capsys.readouterr().err
     assert code not in (0, None), f"expected a failure, got exit code {code!r}"
     errors = [line for line in err.splitlines() if line.startswith("reflectrl: error:")]
@@ -74,7 +62,7 @@ def test_lightning_config_parses(
     # In an empty folder: the data and exports the config names do not exist there, and
     # --print_config must neither need them nor create anything.
     monkeypatch.chdir(tmp_path)
-    assert exit_code([subcommand, "--config", str(config), "--print_config"]) == 0
+    assert run_main([subcommand, "--config", str(config), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     source = yaml.safe_load(config.read_text())
     assert list(tmp_path.iterdir()) == []
@@ -102,7 +90,7 @@ def test_lightning_config_parses(
 def test_data_config_parses(config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert exit_code(["generate", "--config", str(config), "--print_config"]) == 0
+    assert run_main(["generate", "--config", str(config), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     source = yaml.safe_load(config.read_text())
     assert list(tmp_path.iterdir()) == []
@@ -130,15 +118,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pipeline")
     data = root / "data"
     data_config = REPO / "configs" / "taxi_data.yaml"
-    assert exit_code(["generate", "--config", str(data_config), "--episodes", TINY_EPISODES,
+    assert run_main(["generate", "--config", str(data_config), "--episodes", TINY_EPISODES,
                       "--output_dir", str(data)]) == 0
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["episodes"]["train"] == {"pickup": 4, "dropoff": 4, "full": 4}
 
     reflection_config = write_config("reflection_sft_tiny", root, data)
-    assert exit_code(["fit", "--config", str(reflection_config)]) == 0
+    assert run_main(["fit", "--config", str(reflection_config)]) == 0
     policy_config = write_config("policy_sft_tiny", root, data)
-    assert exit_code(["fit", "--config", str(policy_config)]) == 0
+    assert run_main(["fit", "--config", str(policy_config)]) == 0
     return {
         "root": root,
         "data": data,
@@ -172,7 +160,7 @@ def test_fit_writes_a_lean_last_checkpoint_and_an_export(player: str, pipeline: 
 def test_test_plays_the_environment_and_writes_results(pipeline: dict[str, Path]) -> None:
     (fit_run,) = runs_of(pipeline["policy_runs"])
     last = fit_run / "checkpoints" / "last.ckpt"
-    assert exit_code(["test", "--config", str(pipeline["policy_config"]), "--ckpt_path", str(last)]) == 0
+    assert run_main(["test", "--config", str(pipeline["policy_config"]), "--ckpt_path", str(last)]) == 0
 
     results = [run / "results.json" for run in runs_of(pipeline["policy_runs"]) if (run / "results.json").exists()]
     assert len(results) == 1 and results[0].parent != fit_run
@@ -198,7 +186,7 @@ def test_fast_dev_run_writes_no_checkpoint_and_keeps_the_export(
     (export / "sentinel.txt").write_text("the real export\n")
     config = config_writer("reflection_sft_tiny")
     with caplog.at_level("INFO"):
-        assert exit_code(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
+        assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
     assert "`max_steps=1` reached" in caplog.text  # it did train one step
     assert sorted(p.name for p in export.iterdir()) == ["sentinel.txt"]
     assert list(tmp_path.rglob("*.ckpt")) == []
@@ -215,7 +203,7 @@ def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
 def test_bf16_mixed_fit_on_cpu(config_writer, tmp_path: Path) -> None:
     config = config_writer("reflection_sft_tiny")
     args = ["fit", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2"]
-    assert exit_code(args) == 0
+    assert run_main(args) == 0
     (run,) = runs_of(tmp_path / "runs" / "reflection_sft")
     losses = tensorboard_scalars(run, "train/reflection_loss")
     assert [step for step, _ in losses] == [0, 1]
@@ -319,6 +307,6 @@ def test_generate_refuses_a_non_empty_output_dir(tmp_path: Path, capsys: pytest.
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging folder left behind
     # With overwrite it is replaced.
-    assert exit_code([*args, "--overwrite", "true"]) == 0
+    assert run_main([*args, "--overwrite", "true"]) == 0
     assert not (output / "notes.txt").exists() and (output / "manifest.json").is_file()
     shutil.rmtree(output)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from chat_server import FAILURE_MODES, ChatServer, messages_key
-from conftest import REPO
+from conftest import REPO, run_main
 
 from reflectrl.chat import (
     ChatClient,
@@ -37,7 +37,6 @@ from reflectrl.chat import (
     parse_completion,
     parse_retry_after,
 )
-from reflectrl.cli import main
 from reflectrl.data import DataError
 from reflectrl.generate import DataGenerator, ReflectionJournal, journal_path
 from reflectrl.teachers import Mistake, OfflineTeacher, OpenAITeacher, ReflectionRequest, TeacherError
@@ -367,17 +366,6 @@ def write_data_config(path: Path, output: Path, base_url: str, cache: Path, **te
     path.write_text(yaml.safe_dump(config))
     return path
 
-
-def run_main(args: list[str]) -> int:
-    """``main(args)``'s exit status (LightningCLI warns when sys.argv holds pytest's arguments)."""
-    argv, sys.argv = sys.argv, ["reflectrl"]
-    try:
-        main(args)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
 
 
 def cached_message_keys(cache: Path) -> set[str]:

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from chat_server import ChatServer
-from conftest import REPO
+from conftest import REPO, run_main
 
 from reflectrl import prompts
 from reflectrl.chat import ChatClient, ChatSettings
 from reflectrl.chat_agent import ChatAgent, fallback_action
-from reflectrl.cli import main
 
 ACTIONS = ["go south", "go north", "go east", "go west", "pick up passenger", "drop off passenger"]
 SECRET = "sk-test-DO-NOT-LEAK-77d1e0"
@@ -111,17 +109,6 @@ def first_step_unsure(body: dict[str, Any]) -> str:
         return "Go north."
     return "Hmm, hard to say." if "History: none" in user else "1"
 
-
-def run_main(args: list[str]) -> int:
-    """``main(args)``'s exit status (LightningCLI warns when sys.argv holds pytest's arguments)."""
-    argv, sys.argv = sys.argv, ["reflectrl"]
-    try:
-        main(args)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
 
 
 @pytest.mark.parametrize("reflect", [False, True])
