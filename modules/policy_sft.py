@@ -66,7 +66,7 @@ class PolicySFTModule(LMModule):
         agent = self.agent(need_reflector=False)
         reflections = [r.get("reflection") if self.acting.reflect else None for r in records]
         texts = agent.policy_prompts([r["observation"] for r in records], reflections, [r["valid_actions"] for r in records])
-        return agent.choice_log_probs(texts, [len(r["valid_actions"]) for r in records])
+        return agent.choice_log_probs(texts, [r["valid_actions"] for r in records])
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         targets = torch.tensor([r["action"] for r in batch], device=self.device)

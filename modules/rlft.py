@@ -150,8 +150,8 @@ class RLFTModule(LMModule):
         return torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------ the RL step
-    def _score(self, prompts: list[str], num_choices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch = encode_choice_batch(self.tokenizer, prompts, num_choices, self.acting.max_prompt_tokens)
+    def _score(self, prompts: list[str], choices: list[int | list[str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = encode_choice_batch(self.tokenizer, prompts, choices, self.acting.max_prompt_tokens)
         log_probs, state = choice_log_probs_and_state(self.model, batch, with_state=self.critic is not None)
         values = self.critic(state).squeeze(-1) if self.critic is not None and state is not None else None
         return log_probs, values
@@ -186,12 +186,12 @@ class RLFTModule(LMModule):
         update_start = time.perf_counter()
 
         # step 2. reward-to-go per decision, flattened over the batch
-        prompts, num_choices, actions, old_log_probs, returns = [], [], [], [], []
+        prompts, choices, actions, old_log_probs, returns = [], [], [], [], []
         for episode in episodes:
             rtg = algorithms.reward_to_go([t.reward for t in episode.transitions], self.rl.gamma)
             for transition, g in zip(episode.transitions, rtg, strict=True):
                 prompts.append(transition.decision.extra["prompt"])
-                num_choices.append(len(transition.valid_actions))
+                choices.append(self.acting.choices(transition.valid_actions))
                 actions.append(transition.decision.action)
                 old_log_probs.append(transition.decision.extra["log_prob"])
                 returns.append(g)
@@ -199,12 +199,12 @@ class RLFTModule(LMModule):
         actions_t = torch.tensor(actions, device=device)
         returns_t = torch.tensor(returns, dtype=torch.float32, device=device)
         old_log_probs_t = torch.tensor(old_log_probs, dtype=torch.float32, device=device)
-        reference_all = self._reference_log_probs(prompts, num_choices)
+        reference_all = self._reference_log_probs(prompts, choices)
 
         # step 3. advantages: return minus baseline (critic values at rollout time, or mean)
         if self.rl.baseline == "critic":
             with torch.no_grad():
-                values = torch.cat([self._score(prompts[i : i + self.rl.minibatch_size], num_choices[i : i + self.rl.minibatch_size])[1] for i in range(0, len(prompts), self.rl.minibatch_size)])  # type: ignore[misc]
+                values = torch.cat([self._score(prompts[i : i + self.rl.minibatch_size], choices[i : i + self.rl.minibatch_size])[1] for i in range(0, len(prompts), self.rl.minibatch_size)])  # type: ignore[misc]
             advantages = returns_t - values
         elif self.rl.baseline == "mean":
             advantages = returns_t - self.baseline()
@@ -215,7 +215,7 @@ class RLFTModule(LMModule):
         self.baseline.update(returns)
 
         # step 4. policy (and critic) update
-        logs = self._update(optimizer, prompts, num_choices, actions_t, old_log_probs_t, advantages, returns_t, reference_all)
+        logs = self._update(optimizer, prompts, choices, actions_t, old_log_probs_t, advantages, returns_t, reference_all)
         self.rollouts_done += 1
 
         # step 5. log (cleanrl-style tag groups)
@@ -242,22 +242,22 @@ class RLFTModule(LMModule):
         return {"successes": stats.successes, "stage": stats.stage}
 
     @torch.no_grad()
-    def _reference_log_probs(self, prompts: list[str], num_choices: list[int]) -> torch.Tensor | None:
+    def _reference_log_probs(self, prompts: list[str], choices: list[int | list[str]]) -> torch.Tensor | None:
         if self.reference is None:
             return None
         chunks = []
         for i in range(0, len(prompts), self.rl.minibatch_size):
-            batch = encode_choice_batch(self.tokenizer, prompts[i : i + self.rl.minibatch_size], num_choices[i : i + self.rl.minibatch_size], self.acting.max_prompt_tokens)
+            batch = encode_choice_batch(self.tokenizer, prompts[i : i + self.rl.minibatch_size], choices[i : i + self.rl.minibatch_size], self.acting.max_prompt_tokens)
             chunks.append(choice_log_probs_and_state(self.reference, batch, with_state=False)[0])
         width = max(c.shape[1] for c in chunks)
         return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=float("-inf")) for c in chunks])
 
     def _chunk_loss(
-        self, index: torch.Tensor, prompts: list[str], num_choices: list[int], actions: torch.Tensor,
+        self, index: torch.Tensor, prompts: list[str], choices: list[int | list[str]], actions: torch.Tensor,
         old_log_probs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, reference_all: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids = index.tolist()
-        all_log_probs, values = self._score([prompts[i] for i in ids], [num_choices[i] for i in ids])
+        all_log_probs, values = self._score([prompts[i] for i in ids], [choices[i] for i in ids])
         log_probs = all_log_probs.gather(1, actions[index][:, None]).squeeze(1)
         stats: dict[str, torch.Tensor] = {}
         if self.rl.algorithm == "ppo":
@@ -281,7 +281,7 @@ class RLFTModule(LMModule):
         return loss, stats
 
     def _update(
-        self, optimizer: Any, prompts: list[str], num_choices: list[int], actions: torch.Tensor,
+        self, optimizer: Any, prompts: list[str], choices: list[int | list[str]], actions: torch.Tensor,
         old_log_probs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, reference_all: torch.Tensor | None,
     ) -> dict[str, float]:
         total = len(prompts)
@@ -303,7 +303,7 @@ class RLFTModule(LMModule):
                 order = torch.randperm(total, generator=generator)
                 for start in range(0, total, size):
                     index = order[start : start + size].to(self.device)
-                    loss, stats = self._chunk_loss(index, prompts, num_choices, actions, old_log_probs, advantages, returns, reference_all)
+                    loss, stats = self._chunk_loss(index, prompts, choices, actions, old_log_probs, advantages, returns, reference_all)
                     optimizer.zero_grad()
                     self.manual_backward(loss)
                     self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")
@@ -315,7 +315,7 @@ class RLFTModule(LMModule):
             optimizer.zero_grad()
             for start in range(0, total, size):
                 index = torch.arange(start, min(start + size, total), device=self.device)
-                loss, stats = self._chunk_loss(index, prompts, num_choices, actions, old_log_probs, advantages, returns, reference_all)
+                loss, stats = self._chunk_loss(index, prompts, choices, actions, old_log_probs, advantages, returns, reference_all)
                 self.manual_backward(loss * (len(index) / total))
                 record(stats, len(index))
             self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm, gradient_clip_algorithm="norm")

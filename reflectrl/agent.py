@@ -28,6 +28,16 @@ class ActingSettings:
     """Longest reflection generated, in tokens."""
     max_prompt_tokens: int = 768
     """Prompts longer than this are cut from the left (the action list is kept)."""
+    labels: str = "numbers"
+    """How the policy answers: "numbers" (the action's number in the list, as in the paper) or
+    "commands" (the action's own text, scored token by token in the same single forward pass)."""
+
+    def __post_init__(self) -> None:
+        prompts.check_label_style(self.labels)
+
+    def choices(self, valid_actions: Sequence[str]) -> int | list[str]:
+        """The answers the policy scores for one state (see ``prompts.answer_choices``)."""
+        return prompts.answer_choices(valid_actions, self.labels)
 
 
 class ReflectionCache:
@@ -128,14 +138,14 @@ class TwoPlayerAgent:
         self, observations: Sequence[str], reflections: Sequence[str | None], valid_actions: Sequence[Sequence[str]]
     ) -> list[str]:
         return [
-            prompts.policy_prompt(o, r, list(a)) for o, r, a in zip(observations, reflections, valid_actions, strict=True)
+            prompts.policy_prompt(o, r, list(a), labels=self.settings.labels)
+            for o, r, a in zip(observations, reflections, valid_actions, strict=True)
         ]
 
-    def choice_log_probs(self, policy_prompts: Sequence[str], num_choices: Sequence[int]) -> torch.Tensor:
-        """[B, max_choices] log-probs over each row's valid labels (-inf elsewhere); keeps grad."""
-        batch = encode_choice_batch(
-            self.policy_tokenizer, list(policy_prompts), list(num_choices), self.settings.max_prompt_tokens
-        )
+    def choice_log_probs(self, policy_prompts: Sequence[str], valid_actions: Sequence[Sequence[str]]) -> torch.Tensor:
+        """[B, max_choices] log-probs over each row's valid actions (-inf elsewhere); keeps grad."""
+        choices = [self.settings.choices(actions) for actions in valid_actions]
+        batch = encode_choice_batch(self.policy_tokenizer, list(policy_prompts), choices, self.settings.max_prompt_tokens)
         device = next(self.policy.parameters()).device
         return choice_log_probs(self.policy, batch.to(device))
 
@@ -153,7 +163,7 @@ class TwoPlayerAgent:
         was_training = self.policy.training
         self.policy.eval()
         try:
-            log_probs = self.choice_log_probs(texts, [len(a) for a in valid_actions]).float().cpu()
+            log_probs = self.choice_log_probs(texts, valid_actions).float().cpu()
         finally:
             self.policy.train(was_training)
         if greedy:

@@ -104,18 +104,21 @@ class _LabelPlans:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, terminator: str) -> None:
         self.tokenizer = tokenizer
         self.terminator = _encode(tokenizer, [terminator])[0]
-        self.plans: dict[int, tuple[bool, list[list[int]]]] = {}
+        self.plans: dict[int | tuple[str, ...], tuple[bool, list[list[int]]]] = {}
 
-    def get(self, num_choices: int) -> tuple[bool, list[list[int]]]:
-        if num_choices < 1:
-            raise ValueError(f"every row needs at least one valid action (got {num_choices})")
-        if num_choices not in self.plans:
-            labels = _encode(self.tokenizer, choice_labels(num_choices))
+    def get(self, choices: int | Sequence[str]) -> tuple[bool, list[list[int]]]:
+        """Plan for the answers "1".."n" (``choices`` = n) or for the given answer texts."""
+        key: int | tuple[str, ...] = choices if isinstance(choices, int) else tuple(choices)
+        if isinstance(key, int) and key < 1 or not isinstance(key, int) and not key:
+            raise ValueError(f"every row needs at least one valid action (got {choices!r})")
+        if key not in self.plans:
+            texts = choice_labels(key) if isinstance(key, int) else list(key)
+            labels = _encode(self.tokenizer, texts)
             if any(not ids for ids in labels):
                 raise ValueError("the tokenizer encodes a choice label to no tokens")
             single = all(len(ids) == 1 for ids in labels) and len({ids[0] for ids in labels}) == len(labels)
             if single:
-                self.plans[num_choices] = (False, labels)
+                self.plans[key] = (False, labels)
             else:
                 if not self.terminator:
                     raise ValueError("the terminator encodes to no tokens")
@@ -125,10 +128,10 @@ class _LabelPlans:
                     for j, b in enumerate(as_tuples):
                         if i != j and b[: len(a)] == a:
                             raise ValueError(
-                                f"choice labels are not prefix-free for this tokenizer ({i + 1}, {j + 1})"
+                                f"choice labels are not prefix-free for this tokenizer ({texts[i]!r}, {texts[j]!r})"
                             )
-                self.plans[num_choices] = (True, sequences)
-        return self.plans[num_choices]
+                self.plans[key] = (True, sequences)
+        return self.plans[key]
 
 
 @dataclass
@@ -178,18 +181,18 @@ class ChoiceBatch:
 def _prepare_choice_rows(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    num_choices: Sequence[int],
+    num_choices: Sequence[int | Sequence[str]],
     max_length: int | None,
     terminator: str,
 ) -> list[tuple[list[int], bool, list[list[int]], bool]]:
     """Per row: (prompt ids incl. BOS, truncated?, answer sequences, packed?)."""
     if len(prompts) != len(num_choices):
-        raise ValueError(f"{len(prompts)} prompts but {len(num_choices)} choice counts")
+        raise ValueError(f"{len(prompts)} prompts but {len(num_choices)} choice lists")
     plans = _LabelPlans(tokenizer, terminator)
     prefix = _special_prefix(tokenizer)
     rows = []
     for ids, n in zip(_encode(tokenizer, prompts), num_choices, strict=True):
-        packed, sequences = plans.get(int(n))
+        packed, sequences = plans.get(n if isinstance(n, Sequence) else int(n))
         truncated = False
         if max_length is not None:
             # The full answer (label, terminator) must fit after the prompt.
@@ -205,11 +208,14 @@ def _prepare_choice_rows(
 def encode_choice_batch(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    num_choices: list[int],
+    num_choices: Sequence[int | Sequence[str]],
     max_length: int | None = None,
     terminator: str = TERMINATOR,
 ) -> ChoiceBatch:
     """Tokenise policy prompts and lay out the scoring of each row's labels ``"1".."n"``.
+
+    A row's ``num_choices`` entry is n (answers "1".."n") or the list of its answer texts (the
+    ``labels="commands"`` style, see ``reflectrl.prompts.answer_choices``).
 
     Rows whose labels are all single distinct tokens (e.g. up to 9 actions with the byte
     tokenizer) are scored from the prompt's last position alone. Other rows pack every label's
@@ -337,7 +343,7 @@ def choice_log_probs_per_action(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    num_choices: list[int],
+    num_choices: Sequence[int | Sequence[str]],
     max_length: int | None = None,
     terminator: str = TERMINATOR,
 ) -> Tensor:

@@ -12,7 +12,10 @@ token positions, which small models from scratch read much more easily):
     policy input:      <observation>\n<REFLECTION_MARKER><reflection>\n<ACTIONS_HEADER>
                        1. <action>\n2. <action>\n...<ACTION_MARKER>
 
-The policy's answer is the label of one action ("1", "2", ...).
+The policy's answer is the label of one action ("1", "2", ...). With ``labels="commands"`` the
+list shows ``- <action>`` lines and the answer is the action's own text: a small model trained
+from scratch learns to copy the command its reflection ends with far sooner than to look up that
+command's number in a long list (AutoExplore and ALFWorld list up to ~50 actions).
 """
 
 from __future__ import annotations
@@ -39,9 +42,29 @@ def sanitize_line(text: str) -> str:
     return " ".join(cleaned.split())
 
 
+LABEL_STYLES = ("numbers", "commands")
+"""How the policy answers: with an action's number (the paper) or with the action's text."""
+
+
 def choice_labels(num_actions: int) -> list[str]:
     """The labels the policy answers with: "1", "2", ..., str(num_actions)."""
     return [str(i + 1) for i in range(num_actions)]
+
+
+def check_label_style(style: str) -> str:
+    if style not in LABEL_STYLES:
+        raise ValueError(f"labels must be one of {LABEL_STYLES}, got {style!r}")
+    return style
+
+
+def answer_choices(valid_actions: Sequence[str], style: str = "numbers") -> int | list[str]:
+    """What ``reflectrl.lm.encode_choice_batch`` scores for one state, in action order.
+
+    ``"numbers"``: the count n (answers "1".."n"); ``"commands"``: the actions' own (sanitized) texts.
+    """
+    if check_label_style(style) == "numbers":
+        return len(valid_actions)
+    return [sanitize_line(action) for action in valid_actions]
 
 
 def label_order(num_actions: int, shuffle: bool, rng: random.Random | None = None) -> list[int]:
@@ -65,17 +88,22 @@ def policy_prompt(
     reflection: str | None,
     valid_actions: Sequence[str],
     order: Sequence[int] | None = None,
+    labels: str = "numbers",
 ) -> str:
     """Input of the policy player.
 
     ``reflection=None`` gives the no-reflection baseline prompt (the analysis line is left out
-    entirely). ``order`` lists action indices in display order (default: as given).
+    entirely). ``order`` lists action indices in display order (default: as given). ``labels``:
+    ``"numbers"`` lists ``1. <action>`` lines, ``"commands"`` lists ``- <action>`` lines.
     """
     if order is None:
         order = range(len(valid_actions))
-    labels = choice_labels(len(valid_actions))
+    if check_label_style(labels) == "numbers":
+        bullets = [f"{label}. " for label in choice_labels(len(valid_actions))]
+    else:
+        bullets = ["- "] * len(valid_actions)
     listing = "".join(
-        f"{label}. {sanitize_line(valid_actions[index])}\n" for label, index in zip(labels, order, strict=True)
+        f"{bullet}{sanitize_line(valid_actions[index])}\n" for bullet, index in zip(bullets, order, strict=True)
     )
     analysis = "" if reflection is None else f"{REFLECTION_MARKER}{sanitize_line(reflection)}\n"
     return f"{observation.rstrip()}\n{analysis}{ACTIONS_HEADER}{listing}{ACTION_MARKER}"

@@ -77,6 +77,35 @@ def test_choice_log_probs_match_brute_force(lm, counts: list[int]) -> None:
     torch.testing.assert_close(scores.exp().sum(dim=-1), torch.ones(len(counts)))
 
 
+COMMANDS = [
+    ["cd ..", "cat a.py", "cat a.py.bak", "id a.py", "id b.py"],  # "cat a.py" is a prefix of "cat a.py.bak"
+    ["go to shelf 1", "go to shelf 10"],
+]
+
+
+def test_command_answers_score_the_action_text_then_the_terminator(lm) -> None:
+    """``labels="commands"``: each answer is the action's text + newline, scored in one pass."""
+    model, tokenizer = lm
+    prompts = [policy_prompt("Task: find a", "Done: id a.py", actions, labels="commands") for actions in COMMANDS]
+    assert "- cat a.py.bak\n" in prompts[0] and "1. " not in prompts[0]
+    batch = encode_choice_batch(tokenizer, prompts, COMMANDS)
+    assert batch.attention_mask.dim() == 4  # multi-token answers are packed behind the prompt
+    with torch.no_grad():
+        scores = choice_log_probs(model, batch)
+        for b, actions in enumerate(COMMANDS):
+            # by hand: the byte tokenizer encodes prompt + answer as the concatenation of both
+            prompt_ids = tokenizer(prompts[b])["input_ids"]
+            raw = []
+            for action in actions:
+                ids = tokenizer(prompts[b] + action + "\n")["input_ids"]
+                logits = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+                raw.append(sum(float(logits[t - 1, ids[t]]) for t in range(len(prompt_ids), len(ids))))
+            expected = torch.tensor(raw) - torch.logsumexp(torch.tensor(raw), 0)
+            torch.testing.assert_close(scores[b, : len(actions)], expected, atol=1e-4, rtol=0)
+    assert torch.isneginf(scores[1, 2:]).all()
+    assert scores[0].std() > 0.3
+
+
 def test_choice_scores_do_not_depend_on_the_batch(lm) -> None:
     model, tokenizer = lm
     counts = [30, 4, 12]

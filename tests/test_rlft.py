@@ -235,7 +235,7 @@ def test_sampled_choices_are_always_valid(players: SimpleNamespace, reflect: boo
     # the masked distribution: a proper distribution over the valid labels, -inf elsewhere
     texts = agent.policy_prompts(observations, agent.reflect(observations), valid_actions)
     with torch.no_grad():
-        log_probs = agent.choice_log_probs(texts, [2, 6, 12])
+        log_probs = agent.choice_log_probs(texts, valid_actions)
     assert log_probs.shape == (3, 12)
     for row, n in zip(log_probs, (2, 6, 12), strict=True):
         assert torch.isfinite(row[:n]).all() and torch.isneginf(row[n:]).all()
@@ -772,3 +772,10 @@ def test_reinforce_chunks_equal_the_full_batch(players: SimpleNamespace, tmp_pat
         torch.testing.assert_close(chunked_grads[0][name], grad, atol=1e-7, rtol=1e-4, msg=name)
     for key in ("losses/policy", "losses/entropy"):
         assert chunked[key] == pytest.approx(whole[key], abs=1e-6), key
+
+
+def test_acting_settings_reject_an_unknown_label_style() -> None:
+    with pytest.raises(ValueError, match="labels must be one of"):
+        ActingSettings(labels="letters")
+    assert ActingSettings(labels="commands").choices(["cd ..", "cat  a.py"]) == ["cd ..", "cat a.py"]
+    assert ActingSettings().choices(["cd ..", "cat a.py"]) == 2

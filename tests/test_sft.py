@@ -80,10 +80,10 @@ def choice_accuracy(module: PolicySFTModule, records: list[dict]) -> float:
 
 
 # records (= batch size), steps
-LOSS_FALLS_SETUP = {"reflection": (8, 30), "policy": (16, 36)}
+LOSS_FALLS_SETUP = {"reflection": (8, 30), "policy": (16, 36), "policy-commands": (16, 60)}
 
 
-@pytest.mark.parametrize("kind", ["reflection", "policy"])
+@pytest.mark.parametrize("kind", ["reflection", "policy", "policy-commands"])
 def test_sft_loss_falls(kind: str, taxi_data: Path, tmp_path: Path) -> None:
     """A few dozen full-batch steps on a handful of records: the SFT objective is learnable.
 
@@ -92,6 +92,8 @@ def test_sft_loss_falls(kind: str, taxi_data: Path, tmp_path: Path) -> None:
     """
     pl.seed_everything(0)
     count, steps = LOSS_FALLS_SETUP[kind]
+    labels = "commands" if kind.endswith("-commands") else "numbers"
+    kind = kind.removesuffix("-commands")
     records = write_subset(taxi_data / f"{kind}_sft.train.jsonl", tmp_path / "train.jsonl", count)
     if kind == "reflection":
         module: pl.LightningModule = ReflectionSFTModule(
@@ -99,7 +101,7 @@ def test_sft_loss_falls(kind: str, taxi_data: Path, tmp_path: Path) -> None:
         )
     else:
         module = PolicySFTModule(
-            tiny_backbone(), acting=ActingSettings(max_prompt_tokens=256), lr=1e-2, warmup_steps=3
+            tiny_backbone(), acting=ActingSettings(max_prompt_tokens=256, labels=labels), lr=1e-2, warmup_steps=3
         )
         accuracy_before = choice_accuracy(module, records)
     data = SFTDataModule(str(tmp_path / "train.jsonl"), record_kind=kind, batch_size=count)
