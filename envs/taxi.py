@@ -561,14 +561,7 @@ class DangerousTaxiEnv(gymnasium.Env[str, int]):
             here = ", here" if tuple(locs[pass_loc]) == taxi else ""
             passenger = f"Passenger at {STATIONS[pass_loc]} {_cell(locs[pass_loc])}{here}."
         drop_here = ", here" if pass_loc == IN_TAXI and tuple(locs[dest]) == taxi else ""
-        # The directions a move would crash into a wall or the map's edge, in words: the grid shows
-        # them as the `|` beside the taxi's character, a 2-D lookup the tiny default model did not
-        # learn for cells it rarely visited (held-out starts crashed west at (0,2) and (4,1)).
-        walls = ", ".join(_DIRECTIONS[a] for a in range(PICKUP) if self._tables.legal_next[state, a] < 0)
-        return (
-            f"Taxi {_cell(taxi)}, walls: {walls or 'none'}. {passenger} "
-            f"Destination {STATIONS[dest]} {_cell(locs[dest])}{drop_here}."
-        )
+        return f"Taxi {_cell(taxi)}. {passenger} Destination {STATIONS[dest]} {_cell(locs[dest])}{drop_here}."
 
     def _observation(self) -> str:
         row, col, pass_loc, dest = self._tables.decoded[self.state]

@@ -24,7 +24,6 @@ from the episodes and the journal, so no record is lost or duplicated; then the 
 
 from __future__ import annotations
 
-import collections
 import copy
 import hashlib
 import inspect
@@ -241,16 +240,13 @@ class DataGenerator:
             prepare: Optional step run first that builds the env's inputs (e.g.
                 ``reflectrl.autoexplore_tasks.AutoExploreBenchmark`` mines the AutoExplore tasks
                 and writes ``tasks.jsonl`` beside the data).
-            wander_fraction: Share of episodes that start with a short walk before the oracle
-                takes over (the walk's own steps are not recorded). It varies the history each
-                state is seen with, so the players learn that the best move depends on the
+            wander_fraction: Share of episodes that start with a short random walk before the
+                oracle takes over (the walk's own steps are not recorded). It varies the history
+                each state is seen with, so the players learn that the best move depends on the
                 state, not on how it was reached: held-out starts show histories (above all
-                "none") that the train split never pairs with their positions. The walk is
-                count-based: each step enters the safe next state that the episodes of this
-                (split, stage) recorded least so far, which spreads the records over the states
-                far from every start.
-            wander_steps: Longest walk (1 to this many safe actions, drawn per episode: ones that
-                neither end the episode nor crash, tried on a copy of the env first).
+                "none") that the train split never pairs with their positions.
+            wander_steps: Longest random walk (1 to this many safe actions: ones that neither
+                end the episode nor crash, tried on a copy of the env first).
         """
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})
@@ -363,9 +359,8 @@ class DataGenerator:
             stats["episodes"][split] = {}
             for stage in self.stages:
                 options = {"stage": stage, "split": split}
-                visits: collections.Counter[str] = collections.Counter()  # states seen in (split, stage)
                 for seed in self.episode_seeds(split, stage):
-                    positives, start, success, walk = self._oracle_episode(env, seed, options, visits)
+                    positives, start, success, walk = self._oracle_episode(env, seed, options)
                     starts.setdefault(split, set()).add(start)
                     stats["oracle_failures"] += not success
                     negatives, skipped = self._negatives(safe_env, seed, options, positives, walk)
@@ -388,12 +383,10 @@ class DataGenerator:
         return decisions, stats
 
     def _oracle_episode(
-        self, env: gymnasium.Env, seed: int, options: dict[str, Any], visits: collections.Counter[str]
+        self, env: gymnasium.Env, seed: int, options: dict[str, Any]
     ) -> tuple[list[_Decision], str, bool, list[int]]:
         """Optionally wander, then follow the oracle (lowest optimal index) to the end.
 
-        ``visits`` counts the states earlier episodes of this (split, stage) were in; the walk
-        steers towards rare ones, and this episode's states are added to it.
         Returns the decisions, the start state's key, success, and the walk's actions.
         """
         split, stage = options["split"], options["stage"]
@@ -405,7 +398,7 @@ class DataGenerator:
         # The start state identifies the task; fall back to the first observation if the env
         # does not report one.
         start = json.dumps(info.get("start_state", observation), sort_keys=True, default=str)
-        walk, observation, info = self._wander(env, seed, options, observation, info, visits)
+        walk, observation, info = self._wander(env, seed, options, observation, info)
         decisions: list[_Decision] = []
         for step in _count_steps(self.env_id, seed, first=len(walk)):
             optimal = sorted(int(a) for a in env.unwrapped.oracle_actions())
@@ -425,51 +418,38 @@ class DataGenerator:
                 facts=env.unwrapped.privileged_facts(),
             )
             decisions.append(decision)
-            visits[_state_key(env)] += 1
             observation, _, terminated, truncated, info = env.step(decision.action)
             if terminated or truncated:
                 return decisions, start, bool(info.get("success", False)), walk
         raise AssertionError("unreachable")  # _count_steps raises first
 
     def _wander(
-        self, env: gymnasium.Env, seed: int, options: dict[str, Any], observation: str, info: dict[str, Any],
-        visits: collections.Counter[str],
+        self, env: gymnasium.Env, seed: int, options: dict[str, Any], observation: str, info: dict[str, Any]
     ) -> tuple[list[int], str, dict[str, Any]]:
-        """A short seeded walk of safe actions (see ``wander_fraction``); none by default."""
+        """A short seeded random walk of safe actions (see ``wander_fraction``); none by default."""
         rng = random.Random(stable_seed(self.seed, "wander", options["split"], options["stage"], seed))
         if self.wander_steps == 0 or rng.random() >= self.wander_fraction:
             return [], observation, info
         walk: list[int] = []
-        # Count-based exploration: each step takes the safe action into the state seen least so
-        # far in this (split, stage) (states told apart by their privileged facts; ties in a
-        # seeded random order). A plain random walk dithers near the starts and almost never
-        # enters dead ends such as Taxi's bottom-row bays, so positions far from every training
-        # start would otherwise appear in no record.
-        on_this_walk: collections.Counter[str] = collections.Counter()
         for _ in range(rng.randint(1, self.wander_steps)):
             order = list(range(len(info["valid_actions"])))
             rng.shuffle(order)
-            safe = [(a, key) for a in order if (key := self._safe_state_key(env, a)) is not None]
-            if not safe:
+            safe = next((a for a in order if self._is_safe(env, a)), None)
+            if safe is None:
                 break
-            action, key = min(safe, key=lambda pair: (visits[pair[1]], on_this_walk[pair[1]]))
-            observation, _, _, _, info = env.step(action)
-            on_this_walk[key] += 1
-            walk.append(action)
+            observation, _, _, _, info = env.step(safe)
+            walk.append(safe)
         return walk, observation, info
 
     @staticmethod
-    def _safe_state_key(env: gymnasium.Env, action: int) -> str | None:
-        """The state ``action`` leads to (see ``_state_key``), or None when it ends the episode
-        or crashes (tried on a copy of the env)."""
+    def _is_safe(env: gymnasium.Env, action: int) -> bool:
+        """``action`` neither ends the episode nor crashes (tried on a copy of the env)."""
         trial = copy.deepcopy(env)
         try:
             _, _, terminated, truncated, info = trial.step(action)
-            if terminated or truncated or info.get("crashed", False):
-                return None
-            return _state_key(trial)
         finally:
             trial.close()
+        return not (terminated or truncated or info.get("crashed", False))
 
     def _negatives(
         self, safe_env: gymnasium.Env, seed: int, options: dict[str, Any], positives: Sequence[_Decision],
@@ -741,11 +721,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _state_key(env: gymnasium.Env) -> str:
-    """The env's current state as its privileged facts (the env API's description of a state)."""
-    return json.dumps(env.unwrapped.privileged_facts(), sort_keys=True, default=str)
 
 
 def _count_steps(env_id: str, seed: int, limit: int = 10_000, first: int = 0) -> Iterator[int]:

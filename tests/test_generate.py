@@ -327,31 +327,6 @@ def test_generic_env_and_split_check(tmp_path: Path):
     assert not (tmp_path / "leaky").exists()
 
 
-def test_wander_steers_into_the_least_recorded_state(tmp_path: Path):
-    """Count-based wandering: a one-step walk in the corridor (the oracle then walks right to the
-    end) goes to whichever of start - 1, start, start + 1 earlier episodes recorded least often."""
-    generator = DataGenerator(
-        env_id="reflectrl_test/Line-v0", stages=["walk"], episodes={"train": 16}, negatives_per_episode=0,
-        teacher=LineTeacher(), output_dir=str(tmp_path / "line"), wander_fraction=1.0, wander_steps=1,
-    )
-    generator.run()
-    records = read_jsonl(tmp_path / "line" / "policy_sft.train.jsonl", POLICY_FIELDS)
-    episodes: dict[int, list[int]] = {}
-    for record in records:  # records keep the episodes' order
-        episodes.setdefault(record["seed"], []).append(int(record["observation"].split()[1]))
-    env = LineEnv()
-    counts = [0] * (env.length + 1)
-    went_left = 0
-    for seed, positions in episodes.items():
-        env.reset(seed=seed, options={"split": "train"})
-        options = {min(env.length, max(0, env.start + move)) for move in (-1, 0, 1)}
-        assert counts[positions[0]] == min(counts[p] for p in options), (env.start, positions[0], counts)
-        went_left += positions[0] == env.start - 1
-        for p in positions:
-            counts[p] += 1
-    assert went_left >= 3  # left of a start is the square the oracle's paths record least
-
-
 def test_bad_arguments_are_one_line_errors(tmp_path: Path):
     with pytest.raises(ReflectRLError, match="negatives_per_episode must be >= 0"):
         DataGenerator(negatives_per_episode=-1)
