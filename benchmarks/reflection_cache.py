@@ -11,6 +11,14 @@ timed. Defaults: the players the Taxi pipeline exports (``runs/taxi/models/{refl
 or freshly initialised tiny players when those do not exist (their reflections are noise, which
 makes the comparison pessimistic: noise runs to the length limit and rarely repeats).
 Target (issue 3): >= 5x faster iterations after warm-up.
+
+``--reflector-layers L --reflector-width W`` replaces the reflection player by a freshly
+initialised GPT-2 of that size (byte tokenizer; the trained policy stays): the paper's players are
+both GPT-2 XL, where writing a ~100-token reflection costs far more than the policy's update,
+while the tiny default reflector decodes its ~40 tokens for 32 episodes in about a second. An
+untrained reflector writes noise up to ``reflection_max_tokens`` (96), i.e. the full decoding
+cost, at every uncached step; the cache key is the observation, so the hit rate depends only on
+how often states repeat.
 """
 
 from __future__ import annotations
@@ -76,9 +84,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=20, help="untimed iterations that fill the cache")
     parser.add_argument("--episodes", type=int, default=32, help="episodes per iteration")
+    parser.add_argument("--reflector-layers", type=int, help="a fresh reflector of this many layers ...")
+    parser.add_argument("--reflector-width", type=int, default=512, help="... and this width (with --reflector-layers)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         reflection, policy = args.reflection, args.policy
+        if args.reflector_layers is not None:
+            model, tokenizer = build_backbone(BackboneConfig(
+                num_layers=args.reflector_layers, hidden_size=args.reflector_width,
+                num_heads=max(1, args.reflector_width // 64), max_positions=1024, init_seed=0,
+            ))
+            reflection = f"{folder}/large_reflection"
+            export_backbone(model, tokenizer, reflection)
+            print(f"reflector: fresh GPT-2, {args.reflector_layers} layers x {args.reflector_width} "
+                  f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
         if not (Path(reflection).is_dir() and Path(policy).is_dir()):
             print(f"{reflection} or {policy} missing: using freshly initialised tiny players")
             for name, seed in (("reflection", 0), ("policy", 1)):
