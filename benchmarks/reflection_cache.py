@@ -89,7 +89,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         reflection, policy = args.reflection, args.policy
-        if args.reflector_layers is not None:
+        if not (Path(reflection).is_dir() and Path(policy).is_dir()):
+            print(f"{reflection} or {policy} missing: using freshly initialised tiny players")
+            for name, seed in (("reflection", 0), ("policy", 1)):
+                model, tokenizer = build_backbone(BackboneConfig(num_layers=3, hidden_size=128, num_heads=4, max_positions=512, init_seed=seed))
+                export_backbone(model, tokenizer, f"{folder}/{name}")
+            reflection, policy = f"{folder}/reflection", f"{folder}/policy"
+        if args.reflector_layers is not None:  # after the fallback, which would replace it
             model, tokenizer = build_backbone(BackboneConfig(
                 num_layers=args.reflector_layers, hidden_size=args.reflector_width,
                 num_heads=max(1, args.reflector_width // 64), max_positions=1024, init_seed=0,
@@ -98,12 +104,6 @@ def main() -> None:
             export_backbone(model, tokenizer, reflection)
             print(f"reflector: fresh GPT-2, {args.reflector_layers} layers x {args.reflector_width} "
                   f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
-        if not (Path(reflection).is_dir() and Path(policy).is_dir()):
-            print(f"{reflection} or {policy} missing: using freshly initialised tiny players")
-            for name, seed in (("reflection", 0), ("policy", 1)):
-                model, tokenizer = build_backbone(BackboneConfig(num_layers=3, hidden_size=128, num_heads=4, max_positions=512, init_seed=seed))
-                export_backbone(model, tokenizer, f"{folder}/{name}")
-            reflection, policy = f"{folder}/reflection", f"{folder}/policy"
         cached, cached_rollout, hit_rate = run(50_000, reflection, policy, args)
         uncached, uncached_rollout, _ = run(0, reflection, policy, args)
     print(f"threads {torch.get_num_threads()}, {args.episodes} episodes/iteration, {args.warmup} warm-up iterations")
