@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jsonargparse
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # Imported so that short class names in YAML (``class_path: PolicySFTModule``) resolve.
@@ -70,14 +71,27 @@ class ReflectRLCLI(LightningCLI):
     ``warmup``: steps (data generation, SFT stages) run before ``fit`` when what they create is
     missing, so the RL config works as the very first command on a fresh clone.
     ``evaluate_after_fit``: run ``test`` (held-out evaluation, results.json) right after ``fit``.
+    ``cpu_threads``: torch's intra-op CPU threads, set before anything is built.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--warmup", type=list[WarmupStep] | None, default=None, help="Steps run before fit when missing.")
         parser.add_argument("--evaluate_after_fit", type=bool, default=False, help="Run test right after fit.")
+        parser.add_argument(
+            "--cpu_threads",
+            type=int | None,
+            default=None,
+            help="Torch CPU threads (null: torch's default, one per core). The CPU configs pin 1: the "
+            "thread count orders floating-point sums, so a pinned count gives the same numbers on any core count.",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        threads = config.get("cpu_threads") if config is not None else None
+        if threads is not None:
+            if threads < 1:
+                raise ReflectRLError(f"config key 'cpu_threads': must be >= 1 or null, got {threads}")
+            torch.set_num_threads(threads)
         if self.subcommand == "fit" and config is not None and config.get("warmup"):
             steps = [WarmupStep(**vars(s)) if not isinstance(s, WarmupStep) else s for s in config.warmup]
             run_warmup(steps)

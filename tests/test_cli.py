@@ -310,3 +310,26 @@ def test_generate_refuses_a_non_empty_output_dir(tmp_path: Path, capsys: pytest.
     assert run_main([*args, "--overwrite", "true"]) == 0
     assert not (output / "notes.txt").exists() and (output / "manifest.json").is_file()
     shutil.rmtree(output)
+
+
+def test_cpu_threads_key_pins_torch_threads(config_writer) -> None:
+    torch.set_num_threads(2)
+    config = config_writer("reflection_sft_tiny", cpu_threads=1)
+    assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--cpu_threads", "null"]) == 0
+    assert torch.get_num_threads() == 2  # null leaves torch's setting alone
+
+
+def test_cpu_threads_below_one(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("reflection_sft_tiny", cpu_threads=0)
+    line = one_error_line(["fit", "--config", str(config)], capsys)
+    assert "'cpu_threads'" in line and "got 0" in line
+
+
+def test_every_cpu_config_pins_one_thread() -> None:
+    for config in LIGHTNING_CONFIGS:
+        text = yaml.safe_load(config.read_text())
+        if text.get("trainer", {}).get("accelerator") == "cpu":
+            assert text.get("cpu_threads") == 1, config.name
