@@ -313,13 +313,18 @@ def test_generate_refuses_a_non_empty_output_dir(tmp_path: Path, capsys: pytest.
 
 
 def test_cpu_threads_key_pins_torch_threads(config_writer) -> None:
-    torch.set_num_threads(2)
-    config = config_writer("reflection_sft_tiny", cpu_threads=1)
-    assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)
-    assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--cpu_threads", "null"]) == 0
-    assert torch.get_num_threads() == 2  # null leaves torch's setting alone
+    before = torch.get_num_threads()  # the module's one_torch_thread setting, restored below
+    try:
+        torch.set_num_threads(2)
+        config = config_writer("reflection_sft_tiny", cpu_threads=1)
+        assert run_main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"]) == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--cpu_threads", "null"]
+        assert run_main(args) == 0
+        assert torch.get_num_threads() == 2  # null leaves torch's setting alone
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cpu_threads_below_one(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
