@@ -43,3 +43,12 @@ def test_play_split_counts_every_task_once(tmp_path) -> None:
     # forest: cd models (4-grams of "model"), then id forest.py. csv: no folder name matches
     # (io, models, the files), so it identifies a file at the root: wrong. engine: nothing matches.
     assert outcomes == {("depth1", "other"): [True, False, False]}
+
+
+def test_named_command_is_the_last_command_written() -> None:
+    from benchmarks.reflector_commands import named_command, question_of
+
+    assert named_command("X is likely under core/. Step in: cd core") == "cd core"
+    assert named_command("cat a.py was wrong. Answer: id b.py") == "id b.py"
+    assert named_command("noise without a command") is None
+    assert question_of("Task: Where is X?\nFolder: /") == "Where is X?"
