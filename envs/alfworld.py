@@ -88,7 +88,14 @@ SPLIT_FOLDERS: dict[str, str] = {
 DATA_SUBFOLDER = "json_2.1.1"
 """The published games' folder under ``$ALFWORLD_DATA`` (written by ``alfworld-download``)."""
 
-EXPERTS: tuple[str, ...] = ("planner", "handcoded")
+EXPERTS: tuple[str, ...] = ("planner", "search", "handcoded")
+
+_TOOL_OF_TASK = {
+    "pick_heat_then_place_in_recep": "microwave",
+    "pick_cool_then_place_in_recep": "fridge",
+    "pick_clean_then_place_in_recep": "sinkbasin",
+}
+"""The receptacle type a treatment task needs besides its goal (known from the task alone)."""
 
 INSTALL_HINT = "install the optional extra: pip install -e '.[alfworld]'"
 
@@ -271,8 +278,13 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
             horizon: Steps before truncation.
             dangerous: If True a command that is not admissible (only possible as text) ends
                 the episode (``crashed``); if False it does nothing ("Nothing happens.").
-            expert: ``planner`` (fast-downward, optimal plans, replans from any state) or
-                ``handcoded`` (upstream's heuristic explorer; it fails on some two-object games).
+            expert: ``planner`` (fast-downward, optimal plans, replans from any state; it knows
+                where every object hides), ``search`` (the planner, except that it never goes
+                to a place it could not know: while the planner's next ``go to`` leads into a
+                receptacle not seen inside yet and not of a type the task names, it opens the
+                closed receptacle it stands at or goes to the first unseen one, in the order of
+                the valid actions, that can contain what the task needs) or ``handcoded`` (upstream's heuristic explorer; it fails on
+                two-object games).
             success_reward: Reward when the goal holds (the episode ends).
             step_reward: Added every step (0: the sparse reward of ALFWorld).
             invalid_penalty: Added for a command that is not admissible.
@@ -346,6 +358,10 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         self._last_event: str | None = None
         self._last_command: str | None = None
         self._plan_cache: list[str] | None = None
+        self._searching = False
+        # Receptacles whose inside the agent has seen (visited, and opened if it opens): what a
+        # searching expert may know without privileged facts.
+        self._observed: set[str] = set()
 
     # -------------------------------------------------------------------------- games
     def _filter_text(self) -> str:
@@ -440,6 +456,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         self._task, self._room = _parse_intro(str(state.feedback))
         self._actions = list(state["admissible_commands"])
         self._done = False
+        self._note_observed()
         return self._observation(), self._info()
 
     def step(self, action: int | str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -470,6 +487,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
             self._history.append((command, feedback))
             self._last_command = command
             self._actions = list(state["admissible_commands"])
+            self._note_observed()
             if state["won"]:
                 reward += self.success_reward
                 terminated = self._success = True
@@ -502,12 +520,56 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         if self._success or self._done:
             return []
         if self._plan_cache is None:
-            if self.expert == "planner":
+            if self.expert in ("planner", "search"):
                 with preserved_argv():
                     self._plan_cache = list(self._pddl._pddl_state.replan(self._pddl._entity_infos))
+                self._searching = False
+                if self.expert == "search" and self._plan_cache and not self._knows_way(self._plan_cache[0]):
+                    search = self._search_command()
+                    if search is not None:
+                        self._plan_cache, self._searching = [search], True
             else:
                 self._plan_cache = [c for c in self._state.get("extra.expert_plan", []) if c in self._actions][:1]
         return list(self._plan_cache)
+
+    def _note_observed(self) -> None:
+        facts = self._facts()
+        where = facts["location"]
+        if where is not None and (where not in facts["openable"] or where in facts["opened"]):
+            self._observed.add(where)
+
+    def _knows_way(self, command: str) -> bool:
+        """Whether an agent without privileged facts could know that ``command`` is a good move.
+
+        Only a ``go to`` can need hidden knowledge: it is known when the place's inside has been
+        seen, or when the task names its type (the goal receptacle, the treatment's tool).
+        """
+        if not command.startswith("go to "):
+            return True
+        assert self._game is not None
+        place = command.removeprefix("go to ")
+        known_types = {self._game.parent_target.lower(), _TOOL_OF_TASK.get(self._game.task_type, "")}
+        return place in self._observed or _type_of(place) in known_types
+
+    def _search_command(self) -> str | None:
+        """The searching expert's move: open the closed receptacle here, else go to the first
+        receptacle (in the order of the valid actions) whose inside has not been seen."""
+        facts = self._facts()
+        where = facts["location"]
+        if where is not None and where not in self._observed and f"open {where}" in self._actions:
+            return f"open {where}"
+        assert self._game is not None
+        sought = {self._game.object_target.lower()}
+        if self._game.task_type == "look_at_obj_in_light":
+            sought.add(self._game.toggle_target.lower())
+        unseen = [
+            command.removeprefix("go to ")
+            for command in self._actions
+            if command.startswith("go to ") and command.removeprefix("go to ") not in self._observed
+        ]
+        # Look first where the sought things can be (canContain: the same for every room).
+        likely = [place for place in unseen if facts["can_contain"].get(_type_of(place), set()) & sought]
+        return f"go to {(likely or unseen)[0]}" if unseen else None
 
     def oracle_actions(self) -> list[int]:
         """Index of the expert's next command (one optimal plan; ties are not enumerated)."""
@@ -556,6 +618,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
             "next_action": plan[0] if plan else None,
             "plan": plan[:8],
             "steps_to_goal": len(plan),
+            "searching": self._searching,
             "location": facts["location"],
             "holding": held,
             "target_places": {
@@ -577,7 +640,8 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         location_of_receptacle: dict[str, str] = {}
         agent_location = None
         result: dict[str, Any] = {
-            "in": {}, "holds": [], "receptacles": set(), "opened": set(), "hot": set(), "cool": set(), "clean": set()
+            "in": {}, "holds": [], "receptacles": set(), "opened": set(), "openable": set(), "hot": set(), "cool": set(),
+            "clean": set(), "can_contain": {},
         }
         for fact in self._state["facts"] or []:
             names = [variable.name.strip() for variable in fact.arguments]
@@ -590,8 +654,11 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
                 result["in"][names[0]] = names[1]
             elif fact.name == "holds":
                 result["holds"].append(names[1])
-            elif fact.name == "opened":
-                result["opened"].add(names[0])
+            elif fact.name == "cancontain":
+                receptacle_type, object_type = (name.removesuffix("type") for name in names)
+                result["can_contain"].setdefault(receptacle_type, set()).add(object_type)
+            elif fact.name in ("opened", "openable"):
+                result[fact.name].add(names[0])
             elif fact.name in ("ishot", "iscool", "isclean"):
                 result[fact.name.removeprefix("is")].add(names[0])
         result["location"] = location_of_receptacle.get(agent_location) if agent_location else None

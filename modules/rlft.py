@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,11 @@ from reflectrl.lm import choice_log_probs_and_state, encode_choice_batch
 from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
 from reflectrl.rollout import Decision, Episode, play_episodes
+
+# Lightning 2.6 warns (a 20-line example included) at every periodic checkpoint of a module with
+# manual optimization that the checkpoint holds the weights *after* the step. That is the state
+# this module means to save: resume continues with the next rollout (the resume tests in tests/test_rlft.py).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
 
 @dataclass

@@ -248,6 +248,40 @@ def test_handcoded_expert_is_available(games: Path) -> None:
     assert info["success"], commands
 
 
+TOOLS = {"pick_heat_then_place_in_recep": "microwave", "pick_cool_then_place_in_recep": "fridge", "pick_clean_then_place_in_recep": "sinkbasin"}
+
+
+def test_search_expert_wins_without_going_where_only_privileged_facts_lead(games: Path) -> None:
+    """The planner walks straight to where the object hides; the search expert goes only where
+    the history (a place seen inside) or the task (goal, tool) leads, and otherwise searches:
+    opens the closed receptacle it stands at, or visits an unseen one."""
+    env = make(games, expert="search")
+    searches = 0
+    for split in ("train", "valid_seen", "valid_unseen"):
+        for game in env.unwrapped.games_of("all", split):
+            _, info = env.reset(seed=0, options={"split": split, "game": game.key})
+            known_types = {game.parent_target.lower(), TOOLS.get(game.task_type, "")}
+            seen_inside: set[str] = set()  # what the observations show: visited, and not closed
+            while True:
+                facts = env.unwrapped.privileged_facts()
+                command = facts["next_action"]
+                place = command.removeprefix("go to ")
+                hidden = command.startswith("go to ") and place not in seen_inside
+                if hidden and place.rsplit(" ", 1)[0] not in known_types:
+                    assert facts["searching"], (game.key, command)
+                if facts["searching"]:
+                    searches += 1
+                    assert hidden or command == f"open {facts['location']}", (game.key, command)
+                _, reward, terminated, truncated, info = env.step(info["valid_actions"].index(command))
+                if terminated or truncated:
+                    break
+                here = env.unwrapped.privileged_facts()["location"]
+                if here is not None and f"open {here}" not in info["valid_actions"]:
+                    seen_inside.add(here)
+            assert info["success"] and reward == 1.0, game.key
+    assert searches > 0
+
+
 # --------------------------------------------------------------------------- data and pipeline
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory: pytest.TempPathFactory, games: Path) -> Path:

@@ -464,6 +464,15 @@ def _alfworld_reason(facts: dict[str, Any], rng: random.Random) -> str | None:
     goal = str(facts.get("receptacle_type") or "")
     held = [name for name in facts.get("holding", []) if name.rsplit(" ", 1)[0] == target]
     places = facts.get("target_places") or {}
+    if facts.get("searching"):  # the searching expert: say only what the history shows
+        looking_for = goal if held and facts.get("task_type") == "look_at_obj_in_light" else target
+        if verb == "open":
+            name = command.removeprefix("open ")
+            return rng.choice([f"Look inside {name}.", f"{name} is closed; check inside it.", f"No {looking_for} in sight; open {name}."])
+        place = command.removeprefix("go to ")
+        return rng.choice(
+            [f"No {looking_for} seen yet; check {place}.", f"Search {place} for a {looking_for}.", f"{place} is not checked yet."]
+        )
     if verb == "go":
         place = command.removeprefix("go to ")
         here = sorted(name for name, at in places.items() if at == place)
