@@ -37,6 +37,7 @@ from reflectrl.data import POLICY_FIELDS, read_jsonl  # noqa: E402
 from reflectrl.envs.alfworld import ENV_ID, PAPER_STAGE, TASK_TYPES, ALFWorldEnv, find_games  # noqa: E402
 from reflectrl.errors import ReflectRLError  # noqa: E402
 from reflectrl.generate import DataGenerator  # noqa: E402
+from reflectrl.teachers import OfflineTeacher, ReflectionRequest  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -272,6 +273,9 @@ def test_search_expert_wins_without_going_where_only_privileged_facts_lead(games
                 if facts["searching"]:
                     searches += 1
                     assert hidden or command == f"open {facts['location']}", (game.key, command)
+                    # The teacher then says only what the history shows, never where things hide.
+                    text = OfflineTeacher(seed=searches).reflect([ReflectionRequest("obs", facts)])[0]
+                    assert text.endswith(command) and not any(name in text for name in facts["target_places"]), text
                 _, reward, terminated, truncated, info = env.step(info["valid_actions"].index(command))
                 if terminated or truncated:
                     break
