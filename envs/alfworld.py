@@ -283,8 +283,8 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
                 to a place it could not know: while the planner's next ``go to`` leads into a
                 receptacle not seen inside yet and not of a type the task names, it opens the
                 closed receptacle it stands at or goes to the first unseen one, in the order of
-                the valid actions, that can contain what the task needs) or ``handcoded`` (upstream's heuristic explorer; it fails on
-                two-object games).
+                the valid actions, that can contain what the task needs) or ``handcoded``
+                (upstream's heuristic explorer; it fails on two-object games).
             success_reward: Reward when the goal holds (the episode ends).
             step_reward: Added every step (0: the sparse reward of ALFWorld).
             invalid_penalty: Added for a command that is not admissible.
@@ -533,6 +533,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         return list(self._plan_cache)
 
     def _note_observed(self) -> None:
+        """After every reset and step: the place the agent stands at is seen inside unless closed."""
         facts = self._facts()
         where = facts["location"]
         if where is not None and (where not in facts["openable"] or where in facts["opened"]):
@@ -617,7 +618,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
             "receptacle_type": goal_type,
             "next_action": plan[0] if plan else None,
             "plan": plan[:8],
-            "steps_to_goal": len(plan),
+            "steps_to_goal": None if self._searching else len(plan),  # a search's length is unknown
             "searching": self._searching,
             "location": facts["location"],
             "holding": held,
