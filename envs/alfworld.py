@@ -90,12 +90,13 @@ DATA_SUBFOLDER = "json_2.1.1"
 
 EXPERTS: tuple[str, ...] = ("planner", "search", "handcoded")
 
-_TOOL_OF_TASK = {
-    "pick_heat_then_place_in_recep": "microwave",
-    "pick_cool_then_place_in_recep": "fridge",
-    "pick_clean_then_place_in_recep": "sinkbasin",
+TOOL_OF_TASK: dict[str, str] = {
+    "pick_clean_then_place_in_recep": "SinkBasin",
+    "pick_heat_then_place_in_recep": "Microwave",
+    "pick_cool_then_place_in_recep": "Fridge",
 }
-"""The receptacle type a treatment task needs besides its goal (known from the task alone)."""
+"""The receptacle type (ALFWorld's name) a treatment task needs besides its goal: known from the
+task alone, and every generated room of the family has one."""
 
 INSTALL_HINT = "install the optional extra: pip install -e '.[alfworld]'"
 
@@ -533,7 +534,12 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         return list(self._plan_cache)
 
     def _note_observed(self) -> None:
-        """After every reset and step: the place the agent stands at is seen inside unless closed."""
+        """After every reset and step: the place the agent stands at is seen inside unless closed.
+
+        Only the search expert reads this; other envs (RL rollouts, evaluation) skip the work.
+        """
+        if self.expert != "search":
+            return
         facts = self._facts()
         where = facts["location"]
         if where is not None and (where not in facts["openable"] or where in facts["opened"]):
@@ -549,7 +555,7 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
             return True
         assert self._game is not None
         place = command.removeprefix("go to ")
-        known_types = {self._game.parent_target.lower(), _TOOL_OF_TASK.get(self._game.task_type, "")}
+        known_types = {self._game.parent_target.lower(), TOOL_OF_TASK.get(self._game.task_type, "").lower()}
         return place in self._observed or _type_of(place) in known_types
 
     def _search_command(self) -> str | None:

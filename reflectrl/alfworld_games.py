@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reflectrl.envs.alfworld import TASK_TYPES, preserved_argv, require_alfworld
+from reflectrl.envs.alfworld import TASK_TYPES, TOOL_OF_TASK, preserved_argv, require_alfworld
 from reflectrl.errors import ReflectRLError
 from reflectrl.generate import EnvPreparation, Prepared, stable_seed
 
@@ -64,11 +64,6 @@ SPLITS: tuple[str, ...] = ("train", "valid_seen", "valid_unseen")
 _DOMAIN_RTYPES = ("SinkBasin", "Microwave", "Fridge")
 _DOMAIN_OTYPES = ("Knife", "ButterKnife")
 
-_TOOL_OF_TASK = {
-    "pick_clean_then_place_in_recep": "SinkBasin",
-    "pick_heat_then_place_in_recep": "Microwave",
-    "pick_cool_then_place_in_recep": "Fridge",
-}
 _PROPERTY_OF_TASK = {
     "pick_clean_then_place_in_recep": "Cleanable",
     "pick_heat_then_place_in_recep": "Heatable",
@@ -398,7 +393,7 @@ def _goal_options(family: GameFamily, pool: list[Scene]) -> list[tuple[Scene, st
     for scene in pool:
         kind = scene.kind
         types = scene.types()
-        tool = _TOOL_OF_TASK.get(family.task_type)
+        tool = TOOL_OF_TASK.get(family.task_type)
         if tool is not None and tool not in types:
             continue
         look = family.task_type == "look_at_obj_in_light"
