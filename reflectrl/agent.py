@@ -31,13 +31,22 @@ class ActingSettings:
     labels: str = "numbers"
     """How the policy answers: "numbers" (the action's number in the list, as in the paper) or
     "commands" (the action's own text, scored token by token in the same single forward pass)."""
+    list_actions: bool = True
+    """Show the valid actions in the policy prompt. False (labels "commands" only): the answer is
+    still scored over the valid actions alone; AutoExplore's list repeats every listed name three
+    times (cd / cat / id), which buries the one command the analysis names."""
+    space_in_answer: bool = False
+    """The prompt ends at "Choice:" and every answer starts with a space (labels "commands" only):
+    the same text, tokenised by a subword tokenizer as the command is everywhere else in the
+    prompt (" cd", " summary"; alone, "cd summary" starts "c", "d"), so it can be copied token
+    for token from the analysis."""
 
     def __post_init__(self) -> None:
-        prompts.check_label_style(self.labels)
+        prompts.check_answer_layout(self.labels, self.list_actions, self.space_in_answer)
 
     def choices(self, valid_actions: Sequence[str]) -> int | list[str]:
         """The answers the policy scores for one state (see ``prompts.answer_choices``)."""
-        return prompts.answer_choices(valid_actions, self.labels)
+        return prompts.answer_choices(valid_actions, self.labels, self.space_in_answer)
 
 
 class ReflectionCache:
@@ -138,7 +147,14 @@ class TwoPlayerAgent:
         self, observations: Sequence[str], reflections: Sequence[str | None], valid_actions: Sequence[Sequence[str]]
     ) -> list[str]:
         return [
-            prompts.policy_prompt(o, r, list(a), labels=self.settings.labels)
+            prompts.policy_prompt(
+                o,
+                r,
+                list(a),
+                labels=self.settings.labels,
+                list_actions=self.settings.list_actions,
+                space_in_answer=self.settings.space_in_answer,
+            )
             for o, r, a in zip(observations, reflections, valid_actions, strict=True)
         ]
 

@@ -57,14 +57,34 @@ def check_label_style(style: str) -> str:
     return style
 
 
-def answer_choices(valid_actions: Sequence[str], style: str = "numbers") -> int | list[str]:
+def answer_choices(
+    valid_actions: Sequence[str], style: str = "numbers", space_in_answer: bool = False
+) -> int | list[str]:
     """What ``reflectrl.lm.encode_choice_batch`` scores for one state, in action order.
 
-    ``"numbers"``: the count n (answers "1".."n"); ``"commands"``: the actions' own (sanitized) texts.
+    ``"numbers"``: the count n (answers "1".."n"); ``"commands"``: the actions' own (sanitized)
+    texts, each after a space with ``space_in_answer`` (the prompt then ends without one).
     """
-    if check_label_style(style) == "numbers":
+    check_answer_layout(style, True, space_in_answer)
+    if style == "numbers":
         return len(valid_actions)
-    return [sanitize_line(action) for action in valid_actions]
+    lead = " " if space_in_answer else ""
+    return [lead + sanitize_line(action) for action in valid_actions]
+
+
+def check_answer_layout(style: str, list_actions: bool, space_in_answer: bool) -> None:
+    """Leaving the list out or moving the space into the answer needs answers that are command texts.
+
+    An unlisted action cannot be answered by its number; ``space_in_answer`` exists for subword
+    tokenizers, which split "cd x" as "c", "d", " x" on its own but as " cd", " x" after a
+    space, as everywhere else in the prompt (the history, the analysis).
+    """
+    if check_label_style(style) == "commands":
+        return
+    if not list_actions:
+        raise ValueError(f"list_actions=False needs labels='commands' (the answer is the action's text), got {style!r}")
+    if space_in_answer:
+        raise ValueError(f"space_in_answer=True needs labels='commands', got {style!r}")
 
 
 def label_order(num_actions: int, shuffle: bool, rng: random.Random | None = None) -> list[int]:
@@ -89,13 +109,25 @@ def policy_prompt(
     valid_actions: Sequence[str],
     order: Sequence[int] | None = None,
     labels: str = "numbers",
+    list_actions: bool = True,
+    space_in_answer: bool = False,
 ) -> str:
     """Input of the policy player.
 
     ``reflection=None`` gives the no-reflection baseline prompt (the analysis line is left out
     entirely). ``order`` lists action indices in display order (default: as given). ``labels``:
     ``"numbers"`` lists ``1. <action>`` lines, ``"commands"`` lists ``- <action>`` lines.
+    ``list_actions=False`` (``"commands"`` only) leaves the list out: the answer is still scored
+    over the valid actions alone, and the only command texts in the prompt are the history's and
+    the analysis's, so copying the analysis's command is not confused with the list's look-alikes.
+    ``space_in_answer=True`` ends the prompt at "Choice:"; the answers then start with the space
+    (``answer_choices``), so the scored text is the same and only its tokenisation changes.
     """
+    check_answer_layout(labels, list_actions, space_in_answer)
+    analysis = "" if reflection is None else f"{REFLECTION_MARKER}{sanitize_line(reflection)}\n"
+    marker = ACTION_MARKER.rstrip(" ") if space_in_answer else ACTION_MARKER
+    if not list_actions:
+        return f"{observation.rstrip()}\n{analysis}{marker}"
     if order is None:
         order = range(len(valid_actions))
     if check_label_style(labels) == "numbers":
@@ -105,8 +137,7 @@ def policy_prompt(
     listing = "".join(
         f"{bullet}{sanitize_line(valid_actions[index])}\n" for bullet, index in zip(bullets, order, strict=True)
     )
-    analysis = "" if reflection is None else f"{REFLECTION_MARKER}{sanitize_line(reflection)}\n"
-    return f"{observation.rstrip()}\n{analysis}{ACTIONS_HEADER}{listing}{ACTION_MARKER}"
+    return f"{observation.rstrip()}\n{analysis}{ACTIONS_HEADER}{listing}{marker}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from reflectrl.lm import (
     encode_choice_batch,
     generate_reflections,
 )
-from reflectrl.prompts import choice_labels, policy_prompt, reflection_prompt
+from reflectrl.prompts import answer_choices, choice_labels, policy_prompt, reflection_prompt
 
 ACTIONS = [f"action number {i}" for i in range(30)]
 
@@ -104,6 +104,55 @@ def test_command_answers_score_the_action_text_then_the_terminator(lm) -> None:
             torch.testing.assert_close(scores[b, : len(actions)], expected, atol=1e-4, rtol=0)
     assert torch.isneginf(scores[1, 2:]).all()
     assert scores[0].std() > 0.3
+
+
+def test_unlisted_command_answers_are_still_scored_over_the_valid_actions_only(lm) -> None:
+    """``list_actions=False``: the prompt holds no list, the answer set is the valid actions."""
+    model, tokenizer = lm
+    actions = COMMANDS[0]
+    listed = policy_prompt("Task: find a", "Done: id a.py", actions, labels="commands")
+    unlisted = policy_prompt("Task: find a", "Done: id a.py", actions, labels="commands", list_actions=False)
+    assert unlisted == "Task: find a\nAnalysis: Done: id a.py\nChoice: "
+    assert "cat a.py.bak" in listed and "cat a.py.bak" not in unlisted
+    assert policy_prompt("Task: find a", None, actions, labels="commands", list_actions=False) == "Task: find a\nChoice: "
+    with torch.no_grad():
+        scores = choice_log_probs(model, encode_choice_batch(tokenizer, [unlisted], [actions]))
+    assert scores.shape == (1, len(actions)) and torch.isfinite(scores).all()
+    torch.testing.assert_close(scores.exp().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="list_actions=False needs labels='commands'"):
+        policy_prompt("Task: find a", None, actions, labels="numbers", list_actions=False)
+
+
+def test_space_in_answer_scores_the_same_text_tokenised_as_in_the_analysis(tmp_path) -> None:
+    """A subword tokenizer splits "cd summary" alone as "c", "d", ...; after the space as the analysis does."""
+    actions = ["cd ..", "cd summary", "cat main.py", "id main.py"]
+    analysis = "The summary folder should hold it. Step in: cd summary"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "{analysis} History: cat main.py, cd summary, id main.py"}}\n' for _ in range(50)))
+    config = BackboneConfig(num_layers=1, hidden_size=32, num_heads=2, max_positions=256, tokenizer="bpe",
+                            tokenizer_vocab_size=300, tokenizer_corpus=[str(corpus)])
+    model, tokenizer = build_backbone(config)
+    plain = policy_prompt("Task: find it", analysis, actions, labels="commands", list_actions=False)
+    spaced = policy_prompt("Task: find it", analysis, actions, labels="commands", list_actions=False, space_in_answer=True)
+    assert spaced == plain.removesuffix(" ") and spaced.endswith("Choice:")
+    spaced_answers = answer_choices(actions, "commands", space_in_answer=True)
+    assert spaced_answers == [" " + a for a in actions]
+    assert [spaced + a for a in spaced_answers] == [plain + a for a in actions]  # the same texts are scored
+
+    def tokens(text: str) -> list[str]:
+        return [tokenizer.decode([i]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    in_analysis = tokens(analysis)
+    assert tokens(" cd summary") == in_analysis[-len(tokens(" cd summary")):]  # copyable token for token
+    assert tokens("cd summary")[0] != " cd"  # without the space, the command starts differently
+    batch = encode_choice_batch(tokenizer, [spaced], [spaced_answers])
+    with torch.no_grad():
+        scores = choice_log_probs(model, batch)
+    torch.testing.assert_close(scores.exp().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="space_in_answer=True needs labels='commands'"):
+        policy_prompt("Task: find it", None, actions, labels="numbers", space_in_answer=True)
+    with pytest.raises(ValueError, match="space_in_answer=True needs labels='commands'"):
+        answer_choices(actions, "numbers", space_in_answer=True)
 
 
 def test_choice_scores_do_not_depend_on_the_batch(lm) -> None:

@@ -779,3 +779,6 @@ def test_acting_settings_reject_an_unknown_label_style() -> None:
         ActingSettings(labels="letters")
     assert ActingSettings(labels="commands").choices(["cd ..", "cat  a.py"]) == ["cd ..", "cat a.py"]
     assert ActingSettings().choices(["cd ..", "cat a.py"]) == 2
+    with pytest.raises(ValueError, match="list_actions=False needs labels='commands'"):
+        ActingSettings(list_actions=False)
+    assert ActingSettings(labels="commands", list_actions=False).choices(["cd ..", "cat a.py"]) == ["cd ..", "cat a.py"]
