@@ -17,6 +17,8 @@ from reflectrl import prompts
 from reflectrl.lm import choice_log_probs, encode_choice_batch, generate_reflections
 from reflectrl.rollout import Decision
 
+CHOICE_SCORINGS = ("sequence", "trie")
+
 
 @dataclass
 class ActingSettings:
@@ -41,7 +43,16 @@ class ActingSettings:
     prompt (" cd", " summary"; alone, "cd summary" starts "c", "d"), so it can be copied token
     for token from the analysis."""
 
+    choice_scoring: str = "sequence"
+    """How a multi-token answer is scored: "sequence" (its tokens' log-probability, the whole
+    vocabulary competing at every token) or "trie" (at every token only the tokens that some valid
+    answer continues with compete, so the probabilities of the valid answers still sum to one
+    but an answer's tokens after its distinguishing prefix cost nothing). One-token labels
+    score the same either way."""
+
     def __post_init__(self) -> None:
+        if self.choice_scoring not in CHOICE_SCORINGS:
+            raise ValueError(f"choice_scoring must be one of {CHOICE_SCORINGS}, got {self.choice_scoring!r}")
         prompts.check_answer_layout(self.labels, self.list_actions, self.space_in_answer)
 
     def choices(self, valid_actions: Sequence[str]) -> int | list[str]:
@@ -161,7 +172,13 @@ class TwoPlayerAgent:
     def choice_log_probs(self, policy_prompts: Sequence[str], valid_actions: Sequence[Sequence[str]]) -> torch.Tensor:
         """[B, max_choices] log-probs over each row's valid actions (-inf elsewhere); keeps grad."""
         choices = [self.settings.choices(actions) for actions in valid_actions]
-        batch = encode_choice_batch(self.policy_tokenizer, list(policy_prompts), choices, self.settings.max_prompt_tokens)
+        batch = encode_choice_batch(
+            self.policy_tokenizer,
+            list(policy_prompts),
+            choices,
+            self.settings.max_prompt_tokens,
+            trie=self.settings.choice_scoring == "trie",
+        )
         device = next(self.policy.parameters()).device
         return choice_log_probs(self.policy, batch.to(device))
 

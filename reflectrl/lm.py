@@ -163,6 +163,11 @@ class ChoiceBatch:
     """[B] True where the prompt was cut from the left."""
     logits_to_keep: int
     """How many final positions' logits the forward pass must return."""
+    branch_ids: Tensor | None = None
+    """[B, C, T, A] with ``trie`` scoring: the tokens any valid answer sharing choice ``c``'s first
+    ``t`` tokens has at position ``t`` (``target_ids[b, c, t]`` among them); None otherwise."""
+    branch_mask: Tensor | None = None
+    """[B, C, T, A] True where ``branch_ids`` is real."""
 
     def to(self, device: torch.device | str) -> ChoiceBatch:
         """The same batch with every tensor on ``device``."""
@@ -211,6 +216,7 @@ def encode_choice_batch(
     num_choices: Sequence[int | Sequence[str]],
     max_length: int | None = None,
     terminator: str = TERMINATOR,
+    trie: bool = False,
 ) -> ChoiceBatch:
     """Tokenise policy prompts and lay out the scoring of each row's labels ``"1".."n"``.
 
@@ -223,6 +229,9 @@ def encode_choice_batch(
     own earlier tokens only (4D mask), with positions restarting at the prompt length, so one
     forward pass scores all labels exactly as separate runs would. ``max_length`` bounds prompt
     + longest answer; longer prompts lose tokens at the left.
+
+    ``trie=True`` also records, for every answer token, the tokens the row's valid answers allow
+    at that point (``branch_ids``), for ``choice_log_probs``'s trie scoring.
     """
     rows = _prepare_choice_rows(tokenizer, prompts, num_choices, max_length, terminator)
     batch_size = len(rows)
@@ -278,6 +287,9 @@ def encode_choice_batch(
     else:
         attention_mask = (segment >= 0).long()
 
+    branch_ids = branch_mask = None
+    if trie:
+        branch_ids, branch_mask = _branches([r[2] for r in rows], max_choices, max_answer)
     return ChoiceBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -289,7 +301,33 @@ def encode_choice_batch(
         prompt_lengths=torch.tensor([len(r[0]) for r in rows], dtype=torch.long),
         truncated=torch.tensor([r[1] for r in rows], dtype=torch.bool),
         logits_to_keep=total - first_kept,
+        branch_ids=branch_ids,
+        branch_mask=branch_mask,
     )
+
+
+def _branches(answers: list[list[list[int]]], max_choices: int, max_answer: int) -> tuple[Tensor, Tensor]:
+    """Per row, choice and answer position: the next tokens the row's answers allow after that prefix."""
+    per_row: list[list[list[list[int]]]] = []
+    width = 1
+    for sequences in answers:
+        following: dict[tuple[int, ...], set[int]] = {}
+        for sequence in sequences:
+            for t, token in enumerate(sequence):
+                following.setdefault(tuple(sequence[:t]), set()).add(token)
+        row = [[sorted(following[tuple(sequence[:t])]) for t in range(len(sequence))] for sequence in sequences]
+        width = max([width] + [len(allowed) for choice in row for allowed in choice])
+        per_row.append(row)
+    branch_ids = torch.zeros((len(answers), max_choices, max_answer, width), dtype=torch.long)
+    branch_mask = torch.zeros((len(answers), max_choices, max_answer, width), dtype=torch.bool)
+    for b, row in enumerate(per_row):
+        for c, choice in enumerate(row):
+            for t, allowed in enumerate(choice):
+                branch_ids[b, c, t, : len(allowed)] = torch.tensor(allowed)
+                branch_mask[b, c, t, : len(allowed)] = True
+    # Padding entries get one (ignored) token: no all -inf logsumexp, so no NaN in any gradient.
+    branch_mask[..., 0] = True
+    return branch_ids, branch_mask
 
 
 def _normalise(scores: Tensor, choice_mask: Tensor) -> Tensor:
@@ -332,9 +370,18 @@ def choice_log_probs_and_state(
         last_prompt = hidden.shape[1] - keep + batch.target_index[:, 0, 0]
         state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_prompt].float()
     logits = output.logits[:, -keep:].float()
-    log_probs = logits.log_softmax(dim=-1)  # [B, K, V]
-    rows = torch.arange(log_probs.shape[0], device=log_probs.device)[:, None, None]
-    token_log_probs = log_probs[rows, batch.target_index, batch.target_ids]  # [B, C, T]
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None, None]
+    if batch.branch_ids is None:
+        # sequence scoring: log p(answer tokens), the whole vocabulary competing at every token
+        token_log_probs = logits.log_softmax(dim=-1)[rows, batch.target_index, batch.target_ids]  # [B, C, T]
+    else:
+        # trie scoring: at every token only the tokens some valid answer continues with compete, so
+        # the tokens after an answer's distinguishing prefix cost nothing (a long unfamiliar name
+        # is not outscored by a short familiar one merely for its length)
+        allowed = logits[rows[..., None], batch.target_index[..., None], batch.branch_ids]  # [B, C, T, A]
+        allowed = allowed.masked_fill(~batch.branch_mask, float("-inf"))
+        target = logits[rows, batch.target_index, batch.target_ids]
+        token_log_probs = target - torch.logsumexp(allowed, dim=-1)
     scores = torch.where(batch.target_mask, token_log_probs, torch.zeros_like(token_log_probs)).sum(dim=-1)
     return _normalise(scores, batch.choice_mask), state
 

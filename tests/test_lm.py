@@ -155,6 +155,56 @@ def test_space_in_answer_scores_the_same_text_tokenised_as_in_the_analysis(tmp_p
         answer_choices(actions, "numbers", space_in_answer=True)
 
 
+def test_trie_scoring_matches_hand_computed_branch_probabilities(lm) -> None:
+    """``trie``: at each answer token only the tokens valid answers continue with compete.
+
+    Checked by hand with separate forward passes: for every answer, the sum over its tokens of
+    logit(token) - logsumexp(logits of the allowed next tokens). These already sum to one over
+    the answers, and a token no other answer shares at that point costs exactly nothing.
+    """
+    model, tokenizer = lm
+    prompts = [policy_prompt("Task: find a", "Done: id a.py", actions, labels="commands") for actions in COMMANDS]
+    batch = encode_choice_batch(tokenizer, prompts, COMMANDS, trie=True)
+    with torch.no_grad():
+        scores = choice_log_probs(model, batch)
+        for b, actions in enumerate(COMMANDS):
+            answers = [tokenizer(a + "\n", add_special_tokens=False)["input_ids"] for a in actions]
+            raw = []
+            for answer in answers:
+                prompt_ids = tokenizer(prompts[b])["input_ids"]
+                logits = model(input_ids=torch.tensor([prompt_ids + answer])).logits[0]
+                total = 0.0
+                for t, token in enumerate(answer):
+                    allowed = sorted({other[t] for other in answers if len(other) > t and other[:t] == answer[:t]})
+                    row = logits[len(prompt_ids) + t - 1]
+                    total += float(row[token] - torch.logsumexp(row[allowed], 0))
+                raw.append(total)
+            assert sum(torch.tensor(raw).exp()) == pytest.approx(1.0, abs=1e-5)  # a proper distribution as is
+            torch.testing.assert_close(scores[b, : len(actions)], torch.tensor(raw), atol=1e-4, rtol=0)
+        # "go to shelf 1" / "go to shelf 10": only the token after "1" (newline or "0") is a choice
+        sequence = choice_log_probs(model, encode_choice_batch(tokenizer, prompts, COMMANDS))
+    assert not torch.allclose(scores[0, :5], sequence[0, :5])  # the two scorings differ on multi-token answers
+    assert torch.isneginf(scores[1, 2:]).all()
+    # one-token labels: trie scoring is the plain softmax over the valid labels
+    counts = [4, 9]
+    numbered = prompts_for(counts)
+    with torch.no_grad():
+        plain = choice_log_probs(model, encode_choice_batch(tokenizer, numbered, counts))
+        trie = choice_log_probs(model, encode_choice_batch(tokenizer, numbered, counts, trie=True))
+    torch.testing.assert_close(trie, plain)
+
+
+def test_trie_scoring_has_finite_gradients_with_padded_choices(lm) -> None:
+    model, tokenizer = lm
+    prompts = [policy_prompt("Task: find a", None, actions, labels="commands") for actions in COMMANDS]
+    batch = encode_choice_batch(tokenizer, prompts, COMMANDS, trie=True)
+    log_probs = choice_log_probs(model, batch)
+    log_probs[0, 3].neg().backward()  # row 1 has 2 choices padded to 5, answers of unequal length
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 def test_choice_scores_do_not_depend_on_the_batch(lm) -> None:
     model, tokenizer = lm
     counts = [30, 4, 12]
