@@ -327,6 +327,10 @@ class AutoExploreBenchmark(EnvPreparation):
         miner: How questions are mined (limits, kinds per file).
         max_tasks_per_repo: Most tasks kept per repository (a fixed-seed sample, depth buckets
             balanced as far as the repository allows), 0 for all.
+        renamed_policy_copies: Replace each training policy record by this many renamed copies
+            (0: keep the records as they are); see :func:`renamed_copy`. The training players
+            otherwise learn each training state's answer by heart instead of copying the
+            command the analysis names, and score val repositories' names near zero.
     """
 
     def __init__(
@@ -335,8 +339,12 @@ class AutoExploreBenchmark(EnvPreparation):
         roots: dict[str, dict[str, str]] | None = None,
         miner: TaskMiner | None = None,
         max_tasks_per_repo: int = 0,
+        renamed_policy_copies: int = 0,
     ) -> None:
         self.packages = {split: list(names) for split, names in (packages or {}).items()}
+        self.renamed_policy_copies = int(renamed_policy_copies)
+        if self.renamed_policy_copies < 0:
+            raise ReflectRLError(f"autoexplore corpus: renamed_policy_copies must be >= 0, got {renamed_policy_copies}")
         self.roots = {split: dict(trees) for split, trees in (roots or {}).items()}
         self.miner = miner or TaskMiner()
         self.max_tasks_per_repo = int(max_tasks_per_repo)
@@ -352,7 +360,24 @@ class AutoExploreBenchmark(EnvPreparation):
             raise ReflectRLError("autoexplore corpus: no packages or roots given")
 
     def __repr__(self) -> str:
-        return f"AutoExploreBenchmark(packages={self.packages}, roots={self.roots}, max_tasks_per_repo={self.max_tasks_per_repo})"
+        return (
+            f"AutoExploreBenchmark(packages={self.packages}, roots={self.roots}, "
+            f"max_tasks_per_repo={self.max_tasks_per_repo}, renamed_policy_copies={self.renamed_policy_copies})"
+        )
+
+    def augment(self, files: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+        """``renamed_policy_copies`` renamed copies in place of each training policy record."""
+        if not self.renamed_policy_copies:
+            return files
+        out = dict(files)
+        for name in ("policy_sft.train.jsonl", "policy_sft_positive.train.jsonl"):
+            records = files.get(name)
+            if not records:
+                continue
+            pool = sorted({stem for record in records for stem in entry_stems(record)})
+            rng = random.Random(stable_seed("renamed copies", name, seed))
+            out[name] = [renamed_copy(r, pool, rng) for r in records for _ in range(self.renamed_policy_copies)]
+        return out
 
     def _repos(self) -> list[tuple[str, str, str, str]]:
         """(split, repo name, root, version) for every repository, in a fixed order."""
@@ -453,3 +478,49 @@ class AutoExploreBenchmark(EnvPreparation):
             raise ReflectRLError("autoexplore corpus: no task could be mined from the given repositories")
         text = "".join(json.dumps(task, sort_keys=True) + "\n" for task in tasks)
         return Prepared(env_kwargs={"tasks": tasks, "tasks_file": None}, files={TASKS_FILE: text}, manifest=summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Renamed copies of policy records (data augmentation)
+# ---------------------------------------------------------------------------------------------
+_KEPT_STEMS = frozenset({"__init__", ".."})
+_LISTING_MARKS = "/@|=#"  # the kinds the observation's listing appends to a name
+
+
+def entry_stems(record: dict) -> set[str]:
+    """Names (".py" left off) of the entries a policy record's listing and actions show."""
+    listing = next((line for line in record["observation"].split("\n") if line.startswith("Listing:")), "")
+    names = {entry.rstrip(_LISTING_MARKS) for entry in listing.removeprefix("Listing:").split()}
+    names |= {parts[1] for parts in (action.split(" ", 1) for action in record["valid_actions"]) if len(parts) == 2}
+    stems = {name.removesuffix(".py") for name in names}
+    return {stem for stem in stems if stem and stem not in _KEPT_STEMS}
+
+
+def renamed_copy(record: dict, pool: Sequence[str], rng: random.Random) -> dict:
+    """The record with every entry name of its folder replaced by another training name.
+
+    Each name stem (``summary`` for ``summary/``, ``errors`` for ``errors.py``) becomes a distinct
+    stem drawn from ``pool``, consistently wherever it stands as a whole word: task, listing,
+    history, output, analysis and actions. The analysis still names the right command, but
+    which name it is can no longer be learnt from the state alone, so the only way to answer
+    is to copy it. ``__init__`` and ``..`` are kept.
+    """
+    stems = sorted(entry_stems(record), key=lambda stem: (-len(stem), stem))  # longest first wins
+    if not stems:
+        return dict(record)
+    own = set(stems)
+    candidates = [stem for stem in pool if stem not in own]
+    if len(candidates) < len(stems):
+        return dict(record)  # a pool this small (a toy corpus) cannot rename the folder
+    mapping = dict(zip(stems, rng.sample(candidates, len(stems)), strict=True))
+    pattern = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, stems)) + r")(?![A-Za-z0-9])")
+
+    def rename(text: str) -> str:
+        return pattern.sub(lambda match: mapping[match.group(1)], text)
+
+    copy = dict(record)
+    copy["observation"] = rename(record["observation"])
+    if record.get("reflection"):
+        copy["reflection"] = rename(record["reflection"])
+    copy["valid_actions"] = [rename(action) for action in record["valid_actions"]]
+    return copy

@@ -178,6 +178,14 @@ class EnvPreparation(ABC):
     def prepare(self, seed: int) -> Prepared:
         """Build the env's inputs; ``seed`` is the generator's seed."""
 
+    def augment(self, files: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+        """Records to write, from the generated ones by file name (default: unchanged).
+
+        An env-specific data augmentation (AutoExplore: renamed copies of the training policy
+        records); deterministic given ``seed``.
+        """
+        return files
+
 
 @dataclass
 class _Decision:
@@ -300,6 +308,9 @@ class DataGenerator:
         journal = ReflectionJournal(journal_path(output))
         reflections = self._reflect(decisions, journal)
         files = self._records_by_file(decisions, reflections)
+        if self.prepare is not None:
+            files = self.prepare.augment(files, self.seed)
+            self._validate(files)
         manifest = self._manifest(files, stats)
         if self.prepare is not None:
             manifest["args"]["prepare"] = _describe(self.prepare)
@@ -627,12 +638,16 @@ class DataGenerator:
             if not decision.negative:
                 files[f"reflection_sft_positive.{split}.jsonl"].append(base)
                 files[f"policy_sft_positive.{split}.jsonl"].append(policy)
-        # Validate before writing: the readers must accept what is written.
+        self._validate(files)
+        return files
+
+    @staticmethod
+    def _validate(files: dict[str, list[dict]]) -> None:
+        """Validate before writing: the readers must accept what is written."""
         for name, records in files.items():
             schema = _KIND_SCHEMAS[name.split(".")[0]]
             for number, record in enumerate(records, start=1):
                 validate_record(record, schema, f"{name}:{number}")
-        return files
 
     def _manifest(self, files: dict[str, list[dict]], stats: dict[str, Any]) -> dict[str, Any]:
         # No output_dir, time or host in here: the manifest must be byte-identical across runs.

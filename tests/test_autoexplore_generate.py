@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from reflectrl.autoexplore_tasks import (
     TaskMiner,
     first_sentence,
     package_source,
+    renamed_copy,
 )
 from reflectrl.data import POLICY_FIELDS, read_jsonl
 from reflectrl.envs.autoexplore import AutoExploreEnv
@@ -246,3 +248,42 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path: Path, corpus: dict) -> No
     per_stage = json.loads(results[-1].read_text())
     text = json.dumps(per_stage)
     assert "depth1" in text and "depth2" in text
+
+
+def test_renamed_copy_renames_every_entry_consistently_and_keeps_the_answer() -> None:
+    record = {
+        "observation": "Task: Which file defines class SummaryWriter?\nFolder: /\nListing: __init__.py summary/ "
+        "errors.py util/\nHistory: cat errors.py\nOutput of cat errors.py:\n| from util import x",
+        "reflection": "errors.py is not it. The summary folder should hold SummaryWriter. Next: cd summary",
+        "valid_actions": ["cd summary", "cd util", "cat __init__.py", "cat errors.py", "id __init__.py", "id errors.py"],
+        "action": 0,
+    }
+    pool = ["alpha", "beta", "gamma", "delta", "summary", "errors"]
+    copy = renamed_copy(record, pool, random.Random(0))
+    mapping = {old: next(a.split()[1].removesuffix(".py") for a, b in zip(copy["valid_actions"], record["valid_actions"],
+               strict=True) if b.split()[1].removesuffix(".py") == old) for old in ("summary", "errors", "util")}
+    assert len(set(mapping.values())) == 3 and not set(mapping.values()) & {"summary", "errors", "util"}
+    assert copy["valid_actions"][copy["action"]] == f"cd {mapping['summary']}"  # the analysis still names it
+    assert copy["reflection"].endswith(f"Next: cd {mapping['summary']}")
+    assert f"{mapping['errors']}.py is not it" in copy["reflection"]
+    assert f"Listing: __init__.py {mapping['summary']}/ {mapping['errors']}.py {mapping['util']}/" in copy["observation"]
+    assert f"from {mapping['util']} import x" in copy["observation"]  # whole words everywhere
+    assert "SummaryWriter" in copy["observation"]  # part of a longer word: untouched
+    assert "cat __init__.py" in copy["valid_actions"]
+    assert record["valid_actions"][0] == "cd summary"  # the original is not modified
+    assert renamed_copy(record, ["alpha"], random.Random(0)) == record  # too small a pool: unchanged
+
+
+def test_renamed_policy_copies_replace_the_training_policy_records(corpus: dict, tmp_path: Path, generated: Path) -> None:
+    output = tmp_path / "renamed"
+    generator(output, corpus, prepare=AutoExploreBenchmark(roots=corpus, renamed_policy_copies=2)).run()
+    for name in ("policy_sft.train.jsonl", "policy_sft_positive.train.jsonl"):
+        original, renamed = read_jsonl(generated / name, POLICY_FIELDS), read_jsonl(output / name, POLICY_FIELDS)
+        assert len(renamed) == 2 * len(original)
+        assert [r["observation"] for r in renamed] != [r["observation"] for r in original for _ in range(2)]
+        for before, after in zip((r for r in original for _ in range(2)), renamed, strict=True):
+            assert after["action"] == before["action"] and len(after["valid_actions"]) == len(before["valid_actions"])
+    for name in ("reflection_sft.train.jsonl", "policy_sft.val.jsonl", "plain_sft.train.jsonl", TASKS_FILE):
+        assert (output / name).read_bytes() == (generated / name).read_bytes(), name
+    with pytest.raises(ReflectRLError, match="renamed_policy_copies must be >= 0"):
+        AutoExploreBenchmark(roots=corpus, renamed_policy_copies=-1)
