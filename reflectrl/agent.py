@@ -42,7 +42,6 @@ class ActingSettings:
     the same text, tokenised by a subword tokenizer as the command is everywhere else in the
     prompt (" cd", " summary"; alone, "cd summary" starts "c", "d"), so it can be copied token
     for token from the analysis."""
-
     choice_scoring: str = "sequence"
     """How a multi-token answer is scored: "sequence" (its tokens' log-probability, the whole
     vocabulary competing at every token) or "trie" (at every token only the tokens that some valid

@@ -341,6 +341,8 @@ def choice_log_probs(model: nn.Module, batch: ChoiceBatch) -> Tensor:
 
     Padding columns are -inf, so sampling from ``exp()`` never yields an invalid choice. One
     forward pass; keeps the autograd graph (wrap in ``torch.no_grad`` for acting). float32.
+    A batch encoded with ``trie=True`` is scored token by token against the valid continuations
+    only (see ``ActingSettings.choice_scoring``); otherwise against the whole vocabulary.
     """
     return choice_log_probs_and_state(model, batch, with_state=False)[0]
 
