@@ -17,7 +17,7 @@ from reflectrl.agent import ActingSettings, ReflectionCache, TwoPlayerAgent
 from reflectrl.backbone import BackboneConfig
 from reflectrl.datamodules.episodes import EpisodeBatch
 from reflectrl.datamodules.online import RolloutRequest
-from reflectrl.lm import choice_log_probs_and_state, encode_choice_batch
+from reflectrl.lm import choice_log_probs_and_state
 from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
 from reflectrl.rollout import Decision, Episode, play_episodes
@@ -115,7 +115,6 @@ class RLFTModule(LMModule):
         super().__init__(backbone, lr, weight_decay, 0, 1.0, export_dir)
         self.automatic_optimization = False
         self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
-        self._trie = self.acting.choice_scoring == "trie"
         self.rl = rl if isinstance(rl, RLSettings) else RLSettings(**(rl or {}))
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None
@@ -158,7 +157,7 @@ class RLFTModule(LMModule):
 
     # ------------------------------------------------------------------ the RL step
     def _score(self, prompts: list[str], choices: list[int | list[str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch = encode_choice_batch(self.tokenizer, prompts, choices, self.acting.max_prompt_tokens, trie=self._trie)
+        batch = self.acting.choice_batch(self.tokenizer, prompts, choices)
         log_probs, state = choice_log_probs_and_state(self.model, batch, with_state=self.critic is not None)
         values = self.critic(state).squeeze(-1) if self.critic is not None and state is not None else None
         return log_probs, values
@@ -254,13 +253,8 @@ class RLFTModule(LMModule):
             return None
         chunks = []
         for i in range(0, len(prompts), self.rl.minibatch_size):
-            batch = encode_choice_batch(
-                self.tokenizer,
-                prompts[i : i + self.rl.minibatch_size],
-                choices[i : i + self.rl.minibatch_size],
-                self.acting.max_prompt_tokens,
-                trie=self._trie,
-            )
+            chunk = slice(i, i + self.rl.minibatch_size)
+            batch = self.acting.choice_batch(self.tokenizer, prompts[chunk], choices[chunk])
             chunks.append(choice_log_probs_and_state(self.reference, batch, with_state=False)[0])
         width = max(c.shape[1] for c in chunks)
         return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=float("-inf")) for c in chunks])

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reflectrl import prompts
-from reflectrl.lm import choice_log_probs, encode_choice_batch, generate_reflections
+from reflectrl.lm import ChoiceBatch, choice_log_probs, encode_choice_batch, generate_reflections
 from reflectrl.rollout import Decision
 
 CHOICE_SCORINGS = ("sequence", "trie")
@@ -57,6 +57,14 @@ class ActingSettings:
     def choices(self, valid_actions: Sequence[str]) -> int | list[str]:
         """The answers the policy scores for one state (see ``prompts.answer_choices``)."""
         return prompts.answer_choices(valid_actions, self.labels, self.space_in_answer)
+
+    def choice_batch(
+        self, tokenizer: PreTrainedTokenizerBase, policy_prompts: Sequence[str], choices: Sequence[int | list[str]]
+    ) -> ChoiceBatch:
+        """Policy prompts and their answers (``choices``) laid out for scoring as these settings say."""
+        return encode_choice_batch(
+            tokenizer, list(policy_prompts), choices, self.max_prompt_tokens, trie=self.choice_scoring == "trie"
+        )
 
 
 class ReflectionCache:
@@ -171,13 +179,7 @@ class TwoPlayerAgent:
     def choice_log_probs(self, policy_prompts: Sequence[str], valid_actions: Sequence[Sequence[str]]) -> torch.Tensor:
         """[B, max_choices] log-probs over each row's valid actions (-inf elsewhere); keeps grad."""
         choices = [self.settings.choices(actions) for actions in valid_actions]
-        batch = encode_choice_batch(
-            self.policy_tokenizer,
-            list(policy_prompts),
-            choices,
-            self.settings.max_prompt_tokens,
-            trie=self.settings.choice_scoring == "trie",
-        )
+        batch = self.settings.choice_batch(self.policy_tokenizer, policy_prompts, choices)
         device = next(self.policy.parameters()).device
         return choice_log_probs(self.policy, batch.to(device))
 

@@ -310,7 +310,7 @@ class DataGenerator:
         files = self._records_by_file(decisions, reflections)
         if self.prepare is not None:
             files = self.prepare.augment(files, self.seed)
-            self._validate(files)
+        self._validate(files)
         manifest = self._manifest(files, stats)
         if self.prepare is not None:
             manifest["args"]["prepare"] = _describe(self.prepare)
@@ -638,7 +638,6 @@ class DataGenerator:
             if not decision.negative:
                 files[f"reflection_sft_positive.{split}.jsonl"].append(base)
                 files[f"policy_sft_positive.{split}.jsonl"].append(policy)
-        self._validate(files)
         return files
 
     @staticmethod
