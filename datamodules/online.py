@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 
 import reflectrl.envs  # noqa: F401  (registers the reflectrl/* env ids)
 from reflectrl.datamodules.episodes import EnvEvalConfig, EpisodeBatches
+from reflectrl.errors import ReflectRLError
 
 
 def episode_seed(base_seed: int, rollout_index: int, episode_index: int) -> int:
@@ -124,7 +125,7 @@ class OnlineEnvDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> EpisodeBatches:
         if self.evaluation is None:
-            raise ValueError("data.init_args.evaluation must be set for `test`")
+            raise ReflectRLError("config key 'data.init_args.evaluation': must be set for `test`")
         return EpisodeBatches(self.evaluation)
 
     # The stage belongs to the CurriculumCallback; the DataModule only mirrors it.

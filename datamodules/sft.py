@@ -7,14 +7,16 @@ makes text and this DataModule needs no tokenizer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from reflectrl.data import PLAIN_FIELDS, POLICY_FIELDS, REFLECTION_FIELDS, read_jsonl
 from reflectrl.datamodules.episodes import EnvEvalConfig, EpisodeBatches
+from reflectrl.errors import ReflectRLError
 
 RecordKind = Literal["reflection", "policy", "plain"]
 _SCHEMAS = {"reflection": REFLECTION_FIELDS, "policy": POLICY_FIELDS, "plain": PLAIN_FIELDS}
@@ -22,6 +24,41 @@ _SCHEMAS = {"reflection": REFLECTION_FIELDS, "policy": POLICY_FIELDS, "plain": P
 
 def _keep_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """The training order of epoch e, derived from (seed, epoch) alone.
+
+    It is the order a shuffling ``DataLoader`` with a generator seeded with ``seed`` gives an
+    uninterrupted run in its epoch e (each epoch, that loader draws its iterator's base seed,
+    the permutation and an empty remainder), so runs measured before this sampler keep their
+    data order. Lightning calls ``set_epoch`` at every epoch start, also after a resume, so a
+    resumed run shuffles its epoch as the uninterrupted run did (a fresh shuffling loader would
+    start again from epoch 0's order). A run resumed in the middle of an epoch replays that
+    epoch from its first batch (Lightning warns about it).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):
+            # an earlier epoch: the loader's base seed, the order, and the empty remainder
+            # (``randperm(n)[:0]``) that torch's RandomSampler draws when it is exhausted
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            torch.randperm(self.size, generator=generator)
+            torch.randperm(self.size, generator=generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        yield from torch.randperm(self.size, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class SFTDataModule(pl.LightningDataModule):
@@ -45,8 +82,8 @@ class SFTDataModule(pl.LightningDataModule):
             record_kind: schema of the records: "reflection", "policy" or "plain" (policy
                 records without reflections).
             batch_size: records per optimisation step.
-            seed: seed of the shuffling order (independent of the global RNG, so a resumed run
-                sees the same order).
+            seed: seed of the shuffling order, independent of the global RNG and derived per
+                epoch (:class:`EpochShuffle`), so a resumed run shuffles as the uninterrupted one.
             evaluation: when set, ``test`` plays environment episodes instead of scoring records.
         """
         super().__init__()
@@ -78,12 +115,13 @@ class SFTDataModule(pl.LightningDataModule):
             self._load("test", self.test_file)
 
     def _loader(self, records: list[dict[str, Any]], shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             records,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=EpochShuffle(len(records), self.seed) if shuffle else None,
+            # The loader draws a base seed per epoch (for workers; none here): from a private
+            # generator, as before, so the global RNG sees the same draws.
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=_keep_records,
             num_workers=0,
         )
@@ -99,5 +137,5 @@ class SFTDataModule(pl.LightningDataModule):
         if self.evaluation is not None:
             return EpisodeBatches(self.evaluation)
         if self.test_file is None:
-            raise ValueError("data.init_args.test_file or data.init_args.evaluation must be set for `test`")
+            raise ReflectRLError("config key 'data.init_args.test_file' or 'data.init_args.evaluation': one must be set for `test`")
         return self._loader(self._load("test", self.test_file), shuffle=False)

@@ -30,8 +30,8 @@ pass for a prompt line)::
 
 Tasks: ``{"question": str, "targets": ["relative/path.py", ...]}`` plus optional ``id``,
 ``root`` (overrides the env's root; relative to the tasks file's folder), ``split``
-(train/val/test; else derived from a hash of the first target, so a file is never in two
-splits), ``repo``, ``depth`` (else computed) and ``about`` (facts about the answer for the
+(train/val/test; else derived from a hash of each target, which must agree, so a file is
+never a target in two hashed splits), ``repo``, ``depth`` (else computed) and ``about`` (facts about the answer for the
 teacher, e.g. ``{"kind": "class", "name": "TaxiEnv"}``). Curriculum stages are depth buckets:
 ``depth1`` (targets at depth 0-1: at most one ``cd``), ``depth2`` (depth 2 and deeper) and ``all``.
 """
@@ -143,7 +143,15 @@ class _Task:
         split = raw.get("split")
         if split is not None and split not in SPLITS:
             raise ValueError(f"{where}: 'split' must be one of {SPLITS}, got {split!r}")
-        self.split = split or _split_from_hash(self.target_paths[0], fractions)
+        if split is None:
+            # Every target's own hash must agree: a file is then never a target in two splits.
+            hashed = sorted({_split_from_hash(path, fractions) for path in self.target_paths})
+            if len(hashed) > 1:
+                raise ValueError(
+                    f"{where}: targets fall in different splits by hash ({', '.join(hashed)}); give the task a 'split'"
+                )
+            split = hashed[0]
+        self.split = split
         self.about = raw.get("about") or {}
         self.repo = str(raw.get("repo", ""))
 

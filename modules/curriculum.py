@@ -29,12 +29,15 @@ class CurriculumCallback(pl.Callback):
         Args:
             stages: stage names in order (default: pickup, dropoff, full).
             mode: "schedule" (advance after ``schedule[i]`` rollout batches in stage i, the
-                paper) or "threshold" (advance when the success rate over the last ``window``
-                training episodes of the stage reaches ``thresholds[i]``).
+                paper) or "threshold" (advance when the success rate over the stage's last
+                ``window`` training episodes reaches ``thresholds[i]``, checked from the
+                stage's ``min_rollouts``-th batch on: until the stage has played ``window``
+                episodes, the rate covers all of them).
             schedule: rollout batches spent in each stage but the last.
             thresholds: success rate needed to leave each stage but the last.
-            window: training episodes in the rolling success rate.
-            min_rollouts: rollout batches a stage lasts at least (threshold mode).
+            window: most training episodes in the rolling success rate.
+            min_rollouts: rollout batches a stage lasts at least (threshold mode); with
+                ``episodes_per_batch``, they set the fewest episodes a rate is judged on.
         """
         self.stages = list(stages or ["pickup", "dropoff", "full"])
         if mode not in ("schedule", "threshold"):
@@ -82,11 +85,7 @@ class CurriculumCallback(pl.Callback):
         if self.mode == "schedule":
             advance = self.rollouts_in_stage >= self.schedule[self.stage_index]
         else:
-            advance = (
-                self.rollouts_in_stage >= self.min_rollouts
-                and len(self.recent) >= min(self.window, self.rollouts_in_stage * len(outputs["successes"]))
-                and rate >= self.thresholds[self.stage_index]
-            )
+            advance = self.rollouts_in_stage >= self.min_rollouts and rate >= self.thresholds[self.stage_index]
         if advance:
             self.stage_index += 1
             self.rollouts_in_stage = 0

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from reflectrl.agent import ActingSettings, TwoPlayerAgent
 from reflectrl.backbone import BackboneConfig
 from reflectrl.datamodules.episodes import EpisodeBatch
+from reflectrl.errors import ReflectRLError
 from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
 
@@ -98,7 +99,7 @@ class PolicySFTModule(LMModule):
         if need_reflector and self.acting.reflect:
             if self._reflector is None:
                 if self.reflector_config is None:
-                    raise ValueError("model.init_args.reflector must be set to act with reflections")
+                    raise ReflectRLError("config key 'model.init_args.reflector': must be set to act with reflections (acting.reflect is true)")
                 self._reflector = build_frozen_player(self.reflector_config, self.device)
             reflector, reflector_tokenizer = self._reflector
         settings = self.acting if need_reflector else ActingSettings(**{**vars(self.acting), "reflect": False})

@@ -17,6 +17,7 @@ from reflectrl.agent import ActingSettings, ReflectionCache, TwoPlayerAgent
 from reflectrl.backbone import BackboneConfig
 from reflectrl.datamodules.episodes import EpisodeBatch
 from reflectrl.datamodules.online import RolloutRequest
+from reflectrl.errors import ReflectRLError
 from reflectrl.lm import choice_log_probs_and_state
 from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_player
 from reflectrl.modules.evaluation import EnvEvaluation
@@ -39,7 +40,12 @@ class RLSettings:
     gamma: float = 1.0
     """Discount of the reward-to-go (the paper: undiscounted)."""
     normalize_advantages: bool = True
-    """Standardise advantages within each rollout batch."""
+    """Divide advantages by their standard deviation within each rollout batch."""
+    center_advantages: bool = True
+    """With ``normalize_advantages``, also subtract the batch mean (standardise). The batch mean is
+    itself a baseline, so the running mean's shift is removed again and ``baseline: mean`` updates
+    exactly as ``none`` does; ``false`` keeps the baseline's shift and only rescales. The shipped
+    configs keep the default (their measured results were made with it)."""
     ppo_epochs: int = 2
     """PPO: passes over each rollout batch."""
     minibatch_size: int = 64
@@ -119,7 +125,7 @@ class RLFTModule(LMModule):
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None
         if self.acting.reflect and self.reflector_config is None:
-            raise ValueError("model.init_args.reflector is required when acting.reflect is true")
+            raise ReflectRLError("config key 'model.init_args.reflector': required when acting.reflect is true")
         hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd
         self.critic: nn.Linear | None = None
         if self.rl.baseline == "critic":
@@ -133,6 +139,10 @@ class RLFTModule(LMModule):
         if self.rl.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.cache = ReflectionCache(reflection_cache_size) if reflection_cache_size > 0 else None
+        # Validation and test memoise in their own cache, never checkpointed: the training cache
+        # (in the checkpoint) must not depend on whether a validation ran before a checkpoint
+        # (Lightning saves before validating, and a resumed run skips that validation).
+        self.eval_cache = ReflectionCache(reflection_cache_size) if reflection_cache_size > 0 else None
         self.baseline = algorithms.RunningMeanBaseline(self.rl.baseline_momentum)
         self.rollouts_done = 0
         self.val_evaluation = EnvEvaluation("val")
@@ -148,9 +158,11 @@ class RLFTModule(LMModule):
             self._reflector = build_frozen_player(self.reflector_config, self.device)
         return self._reflector
 
-    def agent(self) -> TwoPlayerAgent:
+    def agent(self, evaluation: bool = False) -> TwoPlayerAgent:
+        """The two players acting together; ``evaluation`` memoises in the evaluation cache."""
         reflector, tokenizer = self.reflector_model()
-        return TwoPlayerAgent(self.model, self.tokenizer, reflector, tokenizer, self.acting, self.cache)
+        cache = self.eval_cache if evaluation else self.cache
+        return TwoPlayerAgent(self.model, self.tokenizer, reflector, tokenizer, self.acting, cache)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -187,6 +199,11 @@ class RLFTModule(LMModule):
     def training_step(self, batch: RolloutRequest, batch_idx: int) -> dict[str, Any]:
         optimizer = self.optimizers()
         step_start = time.perf_counter()
+        # Lightning puts the module in train mode. Rollouts score with dropout off (eval mode),
+        # so the update must too: with dropout a hub model's update would score each decision
+        # under a fresh random mask, not the distribution the action was sampled from (PPO's
+        # first ratios would not be 1). Eval mode changes no gradient, only dropout.
+        self.model.eval()
         # step 1. roll out with the weights of this step (strictly on-policy)
         episodes, stats = self.rollout(batch)
         update_start = time.perf_counter()
@@ -217,7 +234,7 @@ class RLFTModule(LMModule):
         else:
             advantages = returns_t.clone()
         if self.rl.normalize_advantages:
-            advantages = algorithms.normalize(advantages)
+            advantages = algorithms.normalize(advantages, center=self.rl.center_advantages)
         self.baseline.update(returns)
 
         # step 4. policy (and critic) update
@@ -331,13 +348,13 @@ class RLFTModule(LMModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
-        self.val_evaluation.play(batch, self.agent())
+        self.val_evaluation.play(batch, self.agent(evaluation=True))
 
     def on_validation_epoch_end(self) -> None:
         self.val_evaluation.finish(self)
 
     def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
-        self.test_evaluation.play(batch, self.agent())
+        self.test_evaluation.play(batch, self.agent(evaluation=True))
 
     def on_test_epoch_end(self) -> None:
         self.test_evaluation.finish(

@@ -22,11 +22,17 @@ def reward_to_go(rewards: Sequence[float], gamma: float = 1.0) -> list[float]:
     return returns[::-1]
 
 
-def normalize(values: Tensor, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit std (returned unchanged, centred only, when there is a single value)."""
+def normalize(values: Tensor, eps: float = 1e-8, center: bool = True) -> Tensor:
+    """Unit std, and zero mean when ``center`` (a single value is only centred, or kept as is).
+
+    Centring subtracts the batch mean, which is itself a baseline: any constant subtracted before
+    (a running-mean baseline) is removed again. ``center=False`` keeps that shift.
+    """
     if values.numel() < 2:
-        return values - values.mean()
-    return (values - values.mean()) / (values.std() + eps)
+        return values - values.mean() if center else values
+    if center:
+        return (values - values.mean()) / (values.std() + eps)
+    return values / (values.std() + eps)
 
 
 def reinforce_loss(log_probs: Tensor, advantages: Tensor) -> Tensor:

@@ -663,6 +663,8 @@ class DataGenerator:
                 "teacher": teacher,
                 "seed": self.seed,
                 "teacher_batch_size": self.teacher_batch_size,
+                "wander_fraction": self.wander_fraction,
+                "wander_steps": self.wander_steps,
             },
             "files": {name: len(records) for name, records in files.items()},
             "negatives": stats["negatives"],

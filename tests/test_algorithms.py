@@ -46,6 +46,22 @@ def test_normalize() -> None:
     assert out.tolist() == pytest.approx([-1.1618950, -0.3872983, 0.3872983, 1.1618950], abs=1e-6)
 
 
+def test_normalize_without_centring_keeps_the_baseline_shift() -> None:
+    # [1, 2, 3, 4] / sqrt(5/3) = [0.7745967, 1.5491933, 2.3237900, 3.0983867]: all positive
+    out = algorithms.normalize(torch.tensor([1.0, 2.0, 3.0, 4.0]), center=False)
+    assert out.tolist() == pytest.approx([0.7745967, 1.5491933, 2.3237900, 3.0983867], abs=1e-6)
+    # returns [1, 2, 3, 4] minus a running-mean baseline of 3: [-2, -1, 0, 1] / sqrt(5/3)
+    shifted = torch.tensor([1.0, 2.0, 3.0, 4.0]) - 3.0
+    assert algorithms.normalize(shifted, center=False).tolist() == pytest.approx(
+        [-1.5491933, -0.7745967, 0.0, 0.7745967], abs=1e-6
+    )
+    # centring removes the baseline again: the same advantages with or without it
+    assert algorithms.normalize(shifted).tolist() == pytest.approx(
+        algorithms.normalize(shifted + 3.0).tolist(), abs=1e-6
+    )
+    assert algorithms.normalize(torch.tensor([5.0]), center=False).tolist() == [5.0]
+
+
 def test_normalize_degenerate() -> None:
     # a single value is only centred: 5 - 5 = 0
     assert algorithms.normalize(torch.tensor([5.0])).tolist() == [0.0]

@@ -141,6 +141,18 @@ def test_split_without_labels_is_a_stable_hash_of_the_target(root: Path) -> None
     assert {t.target_paths[0]: t.split for t in first.tasks} == {t.target_paths[0]: t.split for t in second.tasks}
 
 
+def test_targets_hashing_to_different_splits_need_an_explicit_split(root: Path) -> None:
+    files = [path for path in TOY_REPO if path.endswith(".py")]
+    by_split = {AutoExploreEnv(root=str(root), tasks=[{"question": "q?", "targets": [p]}]).tasks[0].split: p for p in files}
+    assert len(by_split) >= 2, by_split  # the toy repository has files in two hashed splits
+    (a, first), (b, second) = sorted(by_split.items())[:2]
+    with pytest.raises(ValueError, match=rf"targets fall in different splits by hash \({a}, {b}\); give the task a 'split'"):
+        AutoExploreEnv(root=str(root), tasks=[{"question": "q?", "targets": [first, second]}])
+    # with an explicit split the task is accepted as given
+    env = AutoExploreEnv(root=str(root), tasks=[{"question": "q?", "targets": [first, second], "split": "test"}])
+    assert env.tasks[0].split == "test"
+
+
 def test_reset_is_deterministic_with_augmentations(root: Path) -> None:
     def episode(seed: int) -> list[str]:
         env = make(root, leave_out=0.5, shuffle_actions=True)

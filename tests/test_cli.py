@@ -122,6 +122,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                       "--output_dir", str(data)]) == 0
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["episodes"]["train"] == {"pickup": 4, "dropoff": 4, "full": 4}
+    # every generation argument is recorded, so the data can be told apart and remade
+    assert manifest["args"]["wander_fraction"] == 0.5 and manifest["args"]["wander_steps"] == 6
 
     reflection_config = write_config("reflection_sft_tiny", root, data)
     assert run_main(["fit", "--config", str(reflection_config)]) == 0
@@ -267,6 +269,18 @@ def test_malformed_jsonl_line_names_file_and_line(
     line = one_error_line(["fit", "--config", str(config)], capsys)
     assert f"{broken}:3:" in line and "invalid JSON" in line
     assert list(tmp_path.rglob("*.ckpt")) == [] and not (tmp_path / "exports").exists()
+
+
+def test_test_without_test_data_names_the_keys(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny", **{"data.init_args.evaluation": None})
+    line = one_error_line(["test", "--config", str(config)], capsys)
+    assert "'data.init_args.test_file' or 'data.init_args.evaluation'" in line
+
+
+def test_evaluating_a_reflecting_policy_without_a_reflector(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny", **{"model.init_args.reflector": None})
+    line = one_error_line(["test", "--config", str(config)], capsys)
+    assert "config key 'model.init_args.reflector'" in line
 
 
 def test_missing_checkpoint_file(config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

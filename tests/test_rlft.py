@@ -25,7 +25,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from reflectrl.agent import ActingSettings, ReflectionCache
 from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone
+from reflectrl.datamodules.episodes import EnvEvalConfig, EpisodeBatches
 from reflectrl.datamodules.online import OnlineEnvDataModule, RolloutRequest
+from reflectrl.errors import ReflectRLError
 from reflectrl.lm import generate_reflections
 from reflectrl.modules.curriculum import CurriculumCallback
 from reflectrl.modules.rlft import RLFTModule, RLSettings
@@ -145,8 +147,8 @@ def record_rollouts(module: RLFTModule) -> list[str]:
     original_rollout, original_agent = module.rollout, module.agent
     acted: list[str] = []
 
-    def agent() -> Any:
-        player = original_agent()
+    def agent(*args: Any, **kwargs: Any) -> Any:
+        player = original_agent(*args, **kwargs)
         decide = player.decide
 
         def recording_decide(*args: Any, **kwargs: Any) -> Any:
@@ -259,7 +261,7 @@ def test_rollout_log_probs_match_the_training_scores(players: SimpleNamespace) -
 
 
 def test_reflector_is_needed_only_when_reflecting(players: SimpleNamespace) -> None:
-    with pytest.raises(ValueError, match="reflector"):
+    with pytest.raises(ReflectRLError, match="config key 'model.init_args.reflector': required"):
         RLFTModule(
             backbone=BackboneConfig(name_or_path=players.policy),
             reflector=None,
@@ -542,6 +544,57 @@ def test_curriculum_threshold_mode() -> None:
     assert callback.stage == "b"
     feed(callback, trainer, module, [True] * 4)  # 8/8 = 1.0 >= 0.9
     assert callback.stage == "c" and trainer.datamodule.stage == "c"
+
+
+def test_the_update_scores_with_dropout_off_as_the_rollout_did(players: SimpleNamespace, tmp_path: Path) -> None:
+    """A hub model keeps its dropout (the tiny players have none): the update must score each
+    decision as the rollout that sampled it did, or REINFORCE and PPO train on noise."""
+    model, tokenizer = build_backbone(BackboneConfig(name_or_path=players.policy))
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.5
+    model.config.update({"resid_pdrop": 0.5, "embd_pdrop": 0.5, "attn_pdrop": 0.5})
+    policy = export_backbone(model, tokenizer, tmp_path / "dropout_policy")
+    module = make_module(SimpleNamespace(policy=str(policy), reflection=players.reflection))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in module.model.modules())
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    chunk_loss = module._chunk_loss
+
+    def spy(index: torch.Tensor, prompts: list[str], choices: list, actions: torch.Tensor,
+            old_log_probs: torch.Tensor, *rest: Any) -> Any:
+        with torch.no_grad():
+            scored, _ = module._score([prompts[i] for i in index.tolist()], [choices[i] for i in index.tolist()])
+        pairs.append((scored.gather(1, actions[index][:, None]).squeeze(1), old_log_probs[index]))
+        return chunk_loss(index, prompts, choices, actions, old_log_probs, *rest)
+
+    module._chunk_loss = spy  # type: ignore[method-assign]
+    make_trainer(tmp_path, batches=1).fit(module, make_datamodule())
+    assert pairs
+    for scored, sampled_with in pairs:
+        assert torch.allclose(scored, sampled_with, atol=1e-5), (scored, sampled_with)
+
+
+def test_validation_and_test_leave_the_training_cache_alone(players: SimpleNamespace) -> None:
+    """The training cache is in the checkpoint; Lightning saves before validating and a resumed
+    run skips that validation, so validation must not touch it (exact resume)."""
+    module = make_module(players)
+    assert module.agent().cache is module.cache
+    assert module.agent(evaluation=True).cache is module.eval_cache is not module.cache
+    evaluation = EnvEvalConfig(stages=["pickup"], split="val", episodes=2, batch_size=2, seed=5)
+    module.validation_step(next(iter(EpisodeBatches(evaluation))), 0)
+    assert module.cache is not None and module.eval_cache is not None
+    assert module.cache.state_dict() == ReflectionCache(1000).state_dict()  # untouched: still empty
+    assert len(module.eval_cache.state_dict()["prompts"]) > 0
+
+
+def test_curriculum_threshold_judges_the_episodes_so_far_once_min_rollouts_have_passed() -> None:
+    # window=128 is an upper bound: from the min_rollouts-th batch on, the stage's episodes so far count
+    callback = CurriculumCallback(stages=["a", "b"], mode="threshold", thresholds=[0.9], window=128, min_rollouts=2)
+    trainer, module = fake_trainer("a"), FakeModule()
+    feed(callback, trainer, module, [True] * 8)
+    assert callback.stage == "a"  # one batch < min_rollouts
+    feed(callback, trainer, module, [True] * 7 + [False])  # 15/16 = 0.94 >= 0.9 on 16 episodes
+    assert callback.stage == "b"
 
 
 def test_curriculum_state_is_primitive_and_round_trips() -> None:

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import TAXI, tiny_backbone
+from torch.utils.data import DataLoader
 
 import reflectrl.agent
 import reflectrl.modules.reflection_sft
@@ -21,6 +22,7 @@ from reflectrl.agent import ActingSettings, TwoPlayerAgent
 from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone
 from reflectrl.data import PLAIN_FIELDS, POLICY_FIELDS, read_jsonl
 from reflectrl.datamodules import SFTDataModule
+from reflectrl.datamodules.sft import EpochShuffle
 from reflectrl.errors import ReflectRLError
 from reflectrl.modules import PolicySFTModule, ReflectionSFTModule
 from reflectrl.rollout import Decision, play_episodes
@@ -393,3 +395,19 @@ def test_policy_test_on_records_logs_test_metrics(taxi_data: Path) -> None:
     assert set(results) == {"test/policy_loss", "test/choice_accuracy", "test/optimal_choice_rate"}
     assert 0.0 <= results["test/choice_accuracy"] <= results["test/optimal_choice_rate"] <= 1.0
     assert results["test/policy_loss"] > 0
+
+
+def test_epoch_shuffle_is_the_shuffling_loader_order_and_survives_a_resume() -> None:
+    """Epoch e's order is what a shuffling loader seeded alike gives an uninterrupted run at
+    epoch e (so measured runs keep their data order), and a new sampler told the epoch (as
+    Lightning does after a resume) gives it again, not epoch 0's."""
+    records = list(range(23))
+    uninterrupted = DataLoader(records, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(7))
+    epochs = [[int(i) for batch in uninterrupted for i in batch] for _ in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2] and sorted(epochs[2]) == records
+    module = SFTDataModule(train_file="unused.jsonl", batch_size=5, seed=7)
+    for epoch, expected in enumerate(epochs):
+        resumed = module._loader(records, shuffle=True)  # type: ignore[arg-type]
+        resumed.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        assert [r for batch in resumed for r in batch] == expected, epoch
+    assert isinstance(module._loader(records, shuffle=True).sampler, EpochShuffle)  # type: ignore[arg-type]
