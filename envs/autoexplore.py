@@ -31,8 +31,8 @@ pass for a prompt line)::
 Tasks: ``{"question": str, "targets": ["relative/path.py", ...]}`` plus optional ``id``,
 ``root`` (overrides the env's root; relative to the tasks file's folder), ``split``
 (train/val/test; else derived from a hash of each target, which must agree, so a file is
-never a target in two hashed splits), ``repo``, ``depth`` (else computed) and ``about`` (facts about the answer for the
-teacher, e.g. ``{"kind": "class", "name": "TaxiEnv"}``). Curriculum stages are depth buckets:
+never a target in two hashed splits), ``repo``, ``depth`` (else computed) and ``about`` (facts
+about the answer for the teacher, e.g. ``{"kind": "class", "name": "TaxiEnv"}``). Curriculum stages are depth buckets:
 ``depth1`` (targets at depth 0-1: at most one ``cd``), ``depth2`` (depth 2 and deeper) and ``all``.
 """
 

@@ -44,7 +44,7 @@ class RLSettings:
     center_advantages: bool = True
     """With ``normalize_advantages``, also subtract the batch mean (standardise). The batch mean is
     itself a baseline, so the running mean's shift is removed again and ``baseline: mean`` updates
-    exactly as ``none`` does; ``false`` keeps the baseline's shift and only rescales. The shipped
+    as ``none`` does (up to rounding); ``false`` keeps the baseline's shift and only rescales. The shipped
     configs keep the default (their measured results were made with it)."""
     ppo_epochs: int = 2
     """PPO: passes over each rollout batch."""
