@@ -137,5 +137,7 @@ class SFTDataModule(pl.LightningDataModule):
         if self.evaluation is not None:
             return EpisodeBatches(self.evaluation)
         if self.test_file is None:
-            raise ReflectRLError("config key 'data.init_args.test_file' or 'data.init_args.evaluation': one must be set for `test`")
+            raise ReflectRLError(
+                "config key 'data.init_args.test_file' or 'data.init_args.evaluation': one must be set for `test`"
+            )
         return self._loader(self._load("test", self.test_file), shuffle=False)

@@ -99,7 +99,10 @@ class PolicySFTModule(LMModule):
         if need_reflector and self.acting.reflect:
             if self._reflector is None:
                 if self.reflector_config is None:
-                    raise ReflectRLError("config key 'model.init_args.reflector': must be set to act with reflections (acting.reflect is true)")
+                    raise ReflectRLError(
+                        "config key 'model.init_args.reflector': must be set to act with reflections"
+                        " (acting.reflect is true)"
+                    )
                 self._reflector = build_frozen_player(self.reflector_config, self.device)
             reflector, reflector_tokenizer = self._reflector
         settings = self.acting if need_reflector else ActingSettings(**{**vars(self.acting), "reflect": False})

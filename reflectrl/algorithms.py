@@ -28,11 +28,10 @@ def normalize(values: Tensor, eps: float = 1e-8, center: bool = True) -> Tensor:
     Centring subtracts the batch mean, which is itself a baseline: any constant subtracted before
     (a running-mean baseline) is removed again. ``center=False`` keeps that shift.
     """
+    shifted = values - values.mean() if center else values
     if values.numel() < 2:
-        return values - values.mean() if center else values
-    if center:
-        return (values - values.mean()) / (values.std() + eps)
-    return values / (values.std() + eps)
+        return shifted
+    return shifted / (values.std() + eps)
 
 
 def reinforce_loss(log_probs: Tensor, advantages: Tensor) -> Tensor:
