@@ -174,6 +174,8 @@ def load_tasks_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 task = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{file}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
+            except RecursionError:
+                raise ValueError(f"{file}:{number}: malformed JSON (nested too deeply)") from None
             if not isinstance(task, dict):
                 raise ValueError(f"{file}:{number}: a task must be a JSON object, got {type(task).__name__}")
             if isinstance(task.get("root"), str) and not os.path.isabs(task["root"]):

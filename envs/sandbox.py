@@ -149,8 +149,8 @@ class Sandbox:
         visible_files: If given, only regular files matching one of these patterns are listed or
             accessible (folders, links and special files are not filtered by it).
         max_read_bytes: Most bytes read from one file.
-        max_entries: Most entries scanned in one folder (a folder with millions of entries costs
-            bounded time; the rest is reported as left out).
+        max_entries: Most entries scanned in one folder, hidden ones included (a folder with
+            millions of entries costs bounded time; the rest is reported as left out).
     """
 
     def __init__(
@@ -179,7 +179,10 @@ class Sandbox:
     @contextmanager
     def _open_dir(self, folder: Sequence[str]) -> Iterator[int]:
         """A descriptor of ``root/folder``, walked name by name without following any link."""
-        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as error:  # the root was removed or replaced (by a link) after construction
+            raise SandboxError(f"cannot open the repository root: {_reason(error)}") from None
         try:
             for name in folder:
                 self._check_name(name)
@@ -216,12 +219,16 @@ class Sandbox:
         with self._open_dir(folder) as fd:
             try:
                 with os.scandir(fd) as scan:
+                    scanned = 0
                     for item in scan:
-                        if len(entries) >= self.max_entries:
+                        # Hidden and filtered entries count too: each one costs an lstat, so a
+                        # folder of a million hidden files must not cost a million of them.
+                        if scanned >= self.max_entries:
                             left_out += 1
                             if left_out >= self.max_entries:  # bounded time: stop counting
                                 break
                             continue
+                        scanned += 1
                         try:
                             # lstat through the folder descriptor: never follows a link.
                             mode = os.stat(item.name, dir_fd=fd, follow_symlinks=False).st_mode

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from reflectrl.modules.base import LMModule, as_backbone_config, build_frozen_pl
 from reflectrl.modules.evaluation import EnvEvaluation
 from reflectrl.rollout import Decision, Episode, play_episodes
 
+logger = logging.getLogger("reflectrl.rlft")
+
 # Lightning 2.6 warns (a 20-line example included) at every periodic checkpoint of a module with
 # manual optimization that the checkpoint holds the weights *after* the step. That is the state
 # this module means to save: resume continues with the next rollout (the resume tests in tests/test_rlft.py).
@@ -36,7 +40,10 @@ class RLSettings:
     algorithm: Literal["reinforce", "ppo"] = "reinforce"
     """REINFORCE on reward-to-go (the paper), or PPO with the clipped surrogate."""
     baseline: Literal["none", "mean", "critic"] = "mean"
-    """Variance reduction: none, a running mean of returns, or a learned critic head."""
+    """Variance reduction: none, a running mean of returns, or a learned critic head. The critic is
+    a linear head on the policy's last hidden state at the prompt's end, and its loss also trains
+    the policy's trainable weights (a shared trunk, as in PPO with one network; ``value_coef``
+    weighs it)."""
     gamma: float = 1.0
     """Discount of the reward-to-go (the paper: undiscounted)."""
     normalize_advantages: bool = True
@@ -44,7 +51,8 @@ class RLSettings:
     center_advantages: bool = True
     """With ``normalize_advantages``, also subtract the batch mean (standardise). The batch mean is
     itself a baseline, so the running mean's shift is removed again and ``baseline: mean`` updates
-    as ``none`` does (up to rounding); ``false`` keeps the baseline's shift and only rescales. The shipped
+    as ``none`` does (up to rounding); ``false`` keeps the baseline's shift and only rescales (to unit
+    root mean square, so a batch of equal advantages stays bounded). The shipped
     configs keep the default (their measured results were made with it)."""
     ppo_epochs: int = 2
     """PPO: passes over each rollout batch."""
@@ -362,12 +370,32 @@ class RLFTModule(LMModule):
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def on_fit_start(self) -> None:
+        if self.rl.algorithm == "ppo":
+            # PPO takes a varying number of optimizer steps per rollout batch, so Lightning's
+            # global step jumps (6, 12, 18, ...): every_n_train_steps > 1 would skip most saves.
+            for callback in self.trainer.checkpoint_callbacks:
+                every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
+                if every > 1:
+                    raise ReflectRLError(
+                        f"config key 'trainer.callbacks' ModelCheckpoint.every_n_train_steps: {every} with "
+                        "rl.algorithm ppo: PPO's optimizer steps per rollout batch vary, so most saves would be "
+                        "skipped; use every_n_train_steps: 1 (save_top_k: 0 keeps only last.ckpt) or train_time_interval"
+                    )
+
+    def _cache_fingerprint(self) -> str:
+        """What the memoised reflections depend on besides their prompt (the key)."""
+        return json.dumps(
+            {"reflector": repr(self.reflector_config), "max_tokens": self.acting.reflection_max_tokens}, sort_keys=True
+        )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["reflectrl_rl"] = {
             "rollouts_done": self.rollouts_done,
             "baseline": self.baseline.state_dict(),
             "cache": self.cache.state_dict() if self.cache is not None else None,
+            "cache_fingerprint": self._cache_fingerprint(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -378,4 +406,9 @@ class RLFTModule(LMModule):
         self.rollouts_done = int(state["rollouts_done"])
         self.baseline.load_state_dict(state["baseline"])
         if self.cache is not None and state["cache"] is not None:
-            self.cache.load_state_dict(state["cache"])
+            saved = state.get("cache_fingerprint")
+            if saved is not None and saved != self._cache_fingerprint():
+                # Another reflector or reflection length: the saved texts are not its output.
+                logger.warning("reflection cache in the checkpoint was made by another reflector setup: not loaded")
+            else:
+                self.cache.load_state_dict(state["cache"])

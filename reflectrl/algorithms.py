@@ -23,15 +23,19 @@ def reward_to_go(rewards: Sequence[float], gamma: float = 1.0) -> list[float]:
 
 
 def normalize(values: Tensor, eps: float = 1e-8, center: bool = True) -> Tensor:
-    """Unit std, and zero mean when ``center`` (a single value is only centred, or kept as is).
+    """Standardise (zero mean, unit std) when ``center``; otherwise only rescale to unit RMS.
 
     Centring subtracts the batch mean, which is itself a baseline: any constant subtracted before
-    (a running-mean baseline) is removed again. ``center=False`` keeps that shift.
+    (a running-mean baseline) is removed again. ``center=False`` keeps that shift, so it divides
+    by the root mean square, not by the spread around the mean: a batch of equal advantages
+    (every episode failed, minus a positive baseline) would have spread 0 and be divided by
+    ``eps``. A single value is only centred (to 0), or kept as is.
     """
-    shifted = values - values.mean() if center else values
     if values.numel() < 2:
-        return shifted
-    return shifted / (values.std() + eps)
+        return values - values.mean() if center else values
+    if center:
+        return (values - values.mean()) / (values.std() + eps)
+    return values / (values.square().mean().sqrt() + eps)
 
 
 def reinforce_loss(log_probs: Tensor, advantages: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflectrl.envs.autoexplore import DEFAULT_HIDDEN, stage_of_depth
-from reflectrl.envs.sandbox import DIR, FILE, Sandbox, SandboxError
+from reflectrl.envs.sandbox import DIR, FILE, Sandbox, SandboxError, display_name
 from reflectrl.errors import ReflectRLError
 from reflectrl.generate import EnvPreparation, Prepared, stable_seed
 
@@ -121,7 +121,10 @@ class _FileFacts:
 def _file_facts(parts: tuple[str, ...], source: bytes) -> _FileFacts | None:
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        # Not Python 3.11 syntax, NUL bytes, or nesting too deep for the parser (a hostile file
+        # of a few kB can do that): such a file is never a target, and its names are checked as
+        # plain text instead (see TaskMiner._unparsed_counts).
         return None
     facts = _FileFacts(parts, sha256=hashlib.sha256(source).hexdigest())
     facts.module_summary = first_sentence(ast.get_docstring(tree))
@@ -145,6 +148,19 @@ def _file_facts(parts: tuple[str, ...], source: bytes) -> _FileFacts | None:
                 facts.summaries.append(summary)
     facts.defined.update(facts.constants)
     return facts
+
+
+@dataclass
+class _Scan:
+    """What one walk of a tree found: see :meth:`TaskMiner.scan`."""
+
+    files: list[_FileFacts]
+    folder_sizes: dict[tuple[str, ...], int]
+    unparsed: list[tuple[str, ...]]
+    """Visible text files that could not be parsed whole (too large, not Python 3.11, too deep)."""
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -171,8 +187,14 @@ class TaskMiner:
         max_folder_entries: Targets are kept only if every folder on their path lists at most
             this many entries (keeps the observation and the action list short enough for a
             small model's prompt).
-        max_file_bytes: Larger files are not parsed (and never targets).
+        max_file_bytes: Larger files are not parsed (and never targets); their text, like that
+            of any other visible file that does not parse, still counts against uniqueness (a
+            name or sentence it contains is not asked about), read up to ``max_text_bytes``.
         tasks_per_file: Most questions asked about one file (distinct kinds first).
+        max_walk_depth: Deepest folder the miner walks into. Uniqueness needs the whole tree, so
+            a deeper folder (or one with more entries than the env scans) is a one-line error
+            naming it, never a silent partial walk.
+        max_text_bytes: Most bytes of an unparsed file read for the uniqueness check.
     """
 
     def __init__(
@@ -183,6 +205,8 @@ class TaskMiner:
         max_folder_entries: int = 24,
         max_file_bytes: int = 200_000,
         tasks_per_file: int = 2,
+        max_walk_depth: int = 64,
+        max_text_bytes: int = 4_000_000,
     ) -> None:
         self.hidden = tuple(hidden)
         self.visible_files = tuple(visible_files)
@@ -190,46 +214,94 @@ class TaskMiner:
         self.max_folder_entries = int(max_folder_entries)
         self.max_file_bytes = int(max_file_bytes)
         self.tasks_per_file = int(tasks_per_file)
+        self.max_walk_depth = int(max_walk_depth)
+        self.max_text_bytes = int(max_text_bytes)
 
     def _walk(self, sandbox: Sandbox) -> Iterator[tuple[tuple[str, ...], int]]:
-        """(file parts, entries of its folder) for every visible regular file; never follows links."""
+        """(file parts, entries of its folder) for every visible regular file; never follows links.
+
+        Raises a one-line ReflectRLError for a folder the walk cannot see whole (deeper than
+        ``max_walk_depth``, or with entries the sandbox leaves unscanned): names defined there
+        would be unknown, and a question about them could have two answers.
+        """
         pending: list[tuple[str, ...]] = [()]
         while pending:
             folder = pending.pop()
+            where = "/".join(display_name(name) for name in folder) or "."
+            if len(folder) > self.max_walk_depth:
+                raise ReflectRLError(
+                    f"autoexplore corpus: {sandbox.root}: folder {where[:200]} is more than "
+                    f"{self.max_walk_depth} levels deep; leave this repository out"
+                )
             try:
                 entries, left_out = sandbox.list_dir(folder)
             except SandboxError:
                 continue
+            if left_out:
+                raise ReflectRLError(
+                    f"autoexplore corpus: {sandbox.root}: folder {where[:200]} has more than "
+                    f"{sandbox.max_entries} entries; leave this repository out"
+                )
             for entry in entries:
                 if entry.kind == DIR:
                     pending.append((*folder, entry.name))
                 elif entry.kind == FILE:
                     yield (*folder, entry.name), len(entries) + left_out
 
-    def scan(self, root: str) -> tuple[list[_FileFacts], dict[tuple[str, ...], int]]:
-        """Facts of every parseable visible file, and the entry count of every folder seen."""
+    def scan(self, root: str) -> _Scan:
+        """Facts of every parseable visible file, the entry count of every folder seen, and the
+        visible text files that did not parse."""
         sandbox = Sandbox(root, hidden=self.hidden, visible_files=self.visible_files, max_read_bytes=self.max_file_bytes + 1)
-        files, folder_sizes = [], {}
+        scan = _Scan([], {}, [])
         for parts, entries in sorted(self._walk(sandbox)):
-            folder_sizes[parts[:-1]] = entries
+            scan.folder_sizes[parts[:-1]] = entries
             view = sandbox.read_file(parts[:-1], parts[-1])
-            if view.status != "text" or view.truncated:
-                continue
-            facts = _file_facts(parts, view.text.encode("utf-8"))
-            if facts is not None:
-                files.append(facts)
+            if view.status != "text":
+                continue  # binary, empty or unreadable: defines nothing an agent could read
+            facts = None if view.truncated else _file_facts(parts, view.text.encode("utf-8"))
+            if facts is None:
+                scan.unparsed.append(parts)
+            else:
+                scan.files.append(facts)
         # Folders that hold no file still count for the entry limit of deeper targets.
-        return files, folder_sizes
+        return scan
 
-    def mine(self, root: str, repo: str, seed: int = 0) -> list[MinedTask]:
-        """Single-answer questions about the tree at ``root``, in a deterministic order."""
-        files, folder_sizes = self.scan(root)
+    def _unparsed_counts(self, root: str, scan: _Scan, names: set[str], sentences: set[str]) -> Counter[str]:
+        """How many unparsed files contain each candidate name (as a whole word) or sentence.
+
+        One file at a time, at most ``max_text_bytes`` each, so memory stays bounded.
+        """
+        counts: Counter[str] = Counter()
+        if not scan.unparsed or not (names or sentences):
+            return counts
+        reader = Sandbox(root, hidden=self.hidden, visible_files=self.visible_files, max_read_bytes=self.max_text_bytes)
+        for parts in scan.unparsed:
+            view = reader.read_file(parts[:-1], parts[-1])
+            if view.status != "text":
+                continue
+            counts.update(names.intersection(_WORD.findall(view.text)))
+            flat = " ".join(view.text.split())
+            counts.update(sentence for sentence in sentences if sentence in flat)
+        return counts
+
+    def mine(self, root: str, repo: str, seed: int = 0, scan: _Scan | None = None) -> list[MinedTask]:
+        """Single-answer questions about the tree at ``root``, in a deterministic order.
+
+        ``scan`` is :meth:`scan`'s result for ``root`` when the caller already has it.
+        """
+        scan = self.scan(root) if scan is None else scan
+        files, folder_sizes = scan.files, dict(scan.folder_sizes)
         sandbox = Sandbox(root, hidden=self.hidden, visible_files=self.visible_files)
         definers: Counter[str] = Counter()
         summary_count: Counter[str] = Counter()
         for facts in files:
             definers.update(facts.defined)
             summary_count.update(set(facts.summaries))
+        # A name or sentence also found in a file that does not parse is not unique either.
+        unique_names = {name for name, count in definers.items() if count == 1}
+        unique_sentences = {sentence for sentence, count in summary_count.items() if count == 1}
+        definers.update(self._unparsed_counts(root, scan, unique_names, set()))
+        summary_count.update(self._unparsed_counts(root, scan, set(), unique_sentences))
         tasks: list[MinedTask] = []
         for facts in files:
             depth = len(facts.parts) - 1
@@ -269,13 +341,15 @@ class TaskMiner:
     @staticmethod
     def _options(facts: _FileFacts, definers: Counter[str], summary_count: Counter[str]) -> list[tuple[str, dict]]:
         options: list[tuple[str, dict]] = []
+        # Names must be ASCII: the env shows a question in ASCII, and two non-ASCII names could
+        # then read alike (constants and docstring sentences are ASCII already).
         for name, summary in facts.classes:
-            if definers[name] == 1 and len(name) >= 4:
+            if definers[name] == 1 and len(name) >= 4 and name.isascii():
                 options.append(("class", {"kind": "class", "name": name}))
             if summary and summary_count[summary] == 1:
                 options.append(("docstring", {"kind": "docstring", "summary": summary, "name": name}))
         for name, summary in facts.functions:
-            if definers[name] == 1 and len(name) >= 4:
+            if definers[name] == 1 and len(name) >= 4 and name.isascii():
                 options.append(("function", {"kind": "function", "name": name}))
             if summary and summary_count[summary] == 1:
                 options.append(("docstring", {"kind": "docstring", "summary": summary, "name": name}))
@@ -405,11 +479,11 @@ class AutoExploreBenchmark(EnvPreparation):
         hashes_by_split: dict[str, set[str]] = defaultdict(set)
         file_hash: dict[tuple[str, str], str] = {}
         for split, name, root, _ in repos:
-            files, _ = self.miner.scan(root)
-            for facts in files:
+            scan = self.miner.scan(root)
+            for facts in scan.files:
                 file_hash[(name, "/".join(facts.parts))] = facts.sha256
                 hashes_by_split[split].add(facts.sha256)
-            mined[name] = self.miner.mine(root, name, seed)
+            mined[name] = self.miner.mine(root, name, seed, scan=scan)
         tasks: list[dict[str, Any]] = []
         summary: dict[str, Any] = {"repositories": [], "dropped_shared_files": 0}
         for split, name, root, version in repos:

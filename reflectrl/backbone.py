@@ -203,6 +203,8 @@ def read_tokenizer_corpus(files: list[str]) -> list[str]:
                     texts.extend(_corpus_strings(json.loads(line)))
                 except json.JSONDecodeError as error:
                     raise BackboneError(f"tokenizer corpus {name}:{number}: not JSON ({error.msg})") from None
+                except RecursionError:
+                    raise BackboneError(f"tokenizer corpus {name}:{number}: not JSON (nested too deeply)") from None
     if not texts:
         raise BackboneError(f"tokenizer corpus {files} holds no text")
     return texts

@@ -205,7 +205,7 @@ def parse_completion(text: str, allow_cut_off: bool = False) -> ChatReply:
     """
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UnusableReply("malformed JSON reply") from None
     if not isinstance(body, dict):
         raise UnusableReply("reply is not a JSON object")

@@ -163,6 +163,8 @@ def read_jsonl(path: str | os.PathLike[str], required: Mapping[str, FieldType]) 
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+            except RecursionError:
+                raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
             validate_record(record, required, where)
             records.append(record)
     if not records:

@@ -109,7 +109,7 @@ class ReflectionJournal:
             try:
                 entry = json.loads(line)
                 entries[str(entry["key"])] = str(entry["reflection"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise DataError(
                     f"{self.path}:{number}: unreadable journal line (delete the file to start over)"
                 ) from None
@@ -152,7 +152,10 @@ def request_key(teacher_id: str, request: ReflectionRequest) -> str:
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from ``parts`` via SHA-256: identical in every process (unlike ``hash()``)."""
-    digest = hashlib.sha256("\x00".join(str(part) for part in parts).encode()).digest()
+    # surrogatepass: file names that are not valid UTF-8 arrive surrogate-escaped; valid text
+    # encodes exactly as with the strict default, so existing seeds are unchanged.
+    text = "\x00".join(str(part) for part in parts)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 

@@ -71,6 +71,30 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def _attention_mask_for(model: nn.Module, mask: Tensor) -> Tensor:
+    """A choice batch's attention mask in the form the model's attention implementation reads.
+
+    A packed batch has a 4-D boolean mask (True: may attend), which transformers passes to the
+    attention layers as it is. SDPA reads booleans; eager attention *adds* the mask to the scores,
+    where True / False would add 1 / 0 and mask nothing, so it gets 0 / the dtype's minimum.
+    Flash attention takes no 4-D mask at all: a clear error instead of wrong scores.
+    """
+    if mask.dim() != 4:
+        return mask
+    implementation = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa")
+    if implementation == "sdpa":
+        return mask
+    if "flash" in implementation:
+        raise ValueError(
+            f"attn_implementation {implementation!r} cannot score multi-token labels (they need a 4-D "
+            "attention mask): use 'sdpa' or 'eager'"
+        )
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def _logits_kwargs(model: nn.Module, keep: int) -> dict[str, Any]:
     """``logits_to_keep=keep`` when the model supports it (all current transformers LMs do)."""
     params = inspect.signature(_unwrap(model).forward).parameters
@@ -359,7 +383,7 @@ def choice_log_probs_and_state(
     keep = batch.logits_to_keep
     output = model(
         input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
+        attention_mask=_attention_mask_for(model, batch.attention_mask),
         position_ids=batch.position_ids,
         use_cache=False,
         output_hidden_states=with_state,

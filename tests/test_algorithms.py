@@ -47,13 +47,14 @@ def test_normalize() -> None:
 
 
 def test_normalize_without_centring_keeps_the_baseline_shift() -> None:
-    # [1, 2, 3, 4] / sqrt(5/3) = [0.7745967, 1.5491933, 2.3237900, 3.0983867]: all positive
+    # RMS of [1, 2, 3, 4] = sqrt((1 + 4 + 9 + 16) / 4) = sqrt(7.5) = 2.7386128
+    # -> [0.3651484, 0.7302967, 1.0954451, 1.4605935]: all positive
     out = algorithms.normalize(torch.tensor([1.0, 2.0, 3.0, 4.0]), center=False)
-    assert out.tolist() == pytest.approx([0.7745967, 1.5491933, 2.3237900, 3.0983867], abs=1e-6)
-    # returns [1, 2, 3, 4] minus a running-mean baseline of 3: [-2, -1, 0, 1] / sqrt(5/3)
+    assert out.tolist() == pytest.approx([0.3651484, 0.7302967, 1.0954451, 1.4605935], abs=1e-6)
+    # returns [1, 2, 3, 4] minus a running-mean baseline of 3: [-2, -1, 0, 1], RMS sqrt(6/4) = 1.2247449
     shifted = torch.tensor([1.0, 2.0, 3.0, 4.0]) - 3.0
     assert algorithms.normalize(shifted, center=False).tolist() == pytest.approx(
-        [-1.5491933, -0.7745967, 0.0, 0.7745967], abs=1e-6
+        [-1.6329932, -0.8164966, 0.0, 0.8164966], abs=1e-6
     )
     # centring removes the baseline again: the same advantages with or without it
     assert algorithms.normalize(shifted).tolist() == pytest.approx(
@@ -68,6 +69,10 @@ def test_normalize_degenerate() -> None:
     # constant values: std 0, centred values 0 -> 0 / eps = 0, never NaN
     out = algorithms.normalize(torch.tensor([2.0, 2.0, 2.0]))
     assert out.tolist() == [0.0, 0.0, 0.0]
+    # uncentred, all episodes failed (return 0) minus a baseline of 0.5: RMS 0.5 -> -1 each, not -5e7
+    out = algorithms.normalize(torch.tensor([-0.5, -0.5, -0.5, -0.5]), center=False)
+    assert out.tolist() == pytest.approx([-1.0, -1.0, -1.0, -1.0], abs=1e-6)
+    assert algorithms.normalize(torch.zeros(3), center=False).tolist() == [0.0, 0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------- reinforce

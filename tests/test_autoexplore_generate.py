@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from autoexplore_fixtures import TOY_REPO, write_tree
 from conftest import REPO, TINY_BACKBONE, run_main
 
+from reflectrl import autoexplore_tasks
 from reflectrl.autoexplore_tasks import (
     TASKS_FILE,
     AutoExploreBenchmark,
@@ -103,6 +105,42 @@ def test_miner_limits_depth_and_folder_size(tmp_path: Path) -> None:
     assert {t.depth for t in TaskMiner(max_depth=1).mine(str(root), "toy")} == {0, 1}
     # The root lists 5 entries: a limit of 4 leaves nothing reachable.
     assert TaskMiner(max_folder_entries=4).mine(str(root), "toy") == []
+
+
+def test_miner_skips_hostile_files_and_checks_unparsed_text(tmp_path: Path) -> None:
+    """A hostile tree: files the parser cannot take, an undecodable name, non-ASCII names, and
+    names that also occur in files that do not parse (too large or not Python 3.11)."""
+    files = {
+        "deep_sum.py": "X = " + "+".join(["1"] * 5000) + "\n",  # RecursionError in the parser
+        "deep_minus.py": "Y = " + "-" * 100_000 + "1\n",  # MemoryError in the parser
+        "store_a.py": "class \u0414ataStore:\n    pass\n",  # two names that read alike in ASCII
+        "store_b.py": "class \u0416ataStore:\n    pass\n",
+        "plain.py": "class PlainName:\n    pass\n\nclass TwiceDefined:\n    pass\n",
+        "big.py": "class TwiceDefined:\n    pass\n" + "# filler\n" * 30_000,  # over max_file_bytes
+        "newer.py": "type Alias = int\nclass OtherTwice:\n    pass\n",  # not Python 3.11 syntax
+        "other.py": "class OtherTwice:\n    pass\n",
+    }
+    root = write_tree(tmp_path / "hostile", files)
+    (root / "bad\udcffname.py").write_bytes(b"class BadlyNamedModule:\n    pass\n")  # not UTF-8
+    tasks = TaskMiner(tasks_per_file=5).mine(str(root), "hostile")
+    names = {t.about.get("name") for t in tasks}
+    assert "PlainName" in names and "BadlyNamedModule" in names
+    assert not {"TwiceDefined", "OtherTwice"} & names  # also in big.py / newer.py
+    assert not any(name and not name.isascii() for name in names)
+    assert not {t.target for t in tasks} & {"deep_sum.py", "deep_minus.py", "big.py", "newer.py"}
+
+
+def test_miner_refuses_a_tree_it_cannot_walk_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniqueness needs every file: a folder too deep or too large to walk is a one-line error."""
+    deep = write_tree(tmp_path / "deep", {"a/b/c/e.py": "class DeepDown:\n    pass\n", "top.py": "class TopLevel:\n    pass\n"})
+    with pytest.raises(ReflectRLError, match="folder a/b/c is more than 2 levels deep"):
+        TaskMiner(max_walk_depth=2).mine(str(deep), "deep")
+    assert {t.about["name"] for t in TaskMiner().mine(str(deep), "deep")} == {"DeepDown", "TopLevel"}
+    wide = write_tree(tmp_path / "wide", {f"m{i}.py": f"class Wide{i}:\n    pass\n" for i in range(30)})
+    small_sandbox = functools.partial(autoexplore_tasks.Sandbox, max_entries=20)
+    monkeypatch.setattr(autoexplore_tasks, "Sandbox", small_sandbox)
+    with pytest.raises(ReflectRLError, match=r"folder \. has more than 20 entries"):
+        TaskMiner().mine(str(wide), "wide")
 
 
 def test_splits_share_no_repository_and_no_file(tmp_path: Path, corpus: dict) -> None:

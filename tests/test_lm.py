@@ -77,6 +77,32 @@ def test_choice_log_probs_match_brute_force(lm, counts: list[int]) -> None:
     torch.testing.assert_close(scores.exp().sum(dim=-1), torch.ones(len(counts)))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_labels_score_the_same_under_eager_attention(arch: str) -> None:
+    """Eager attention adds the mask to the scores: a boolean 4-D mask would mask nothing there."""
+    model, tokenizer = opinionated(arch)
+    model.config._attn_implementation = "eager"
+    counts = CASES["30 labels"]
+    prompts = prompts_for(counts)
+    batch = encode_choice_batch(tokenizer, prompts, counts)
+    assert batch.attention_mask.dim() == 4
+    with torch.no_grad():
+        scores = choice_log_probs(model, batch)
+        reference = choice_log_probs_per_action(model, tokenizer, prompts, counts)
+    valid = batch.choice_mask
+    torch.testing.assert_close(scores[valid], reference[valid], atol=1e-5, rtol=0)
+    assert scores[valid].std() > 0.3
+
+
+def test_flash_attention_is_refused_for_packed_labels() -> None:
+    model, tokenizer = opinionated("llama")
+    model.config._attn_implementation = "flash_attention_2"
+    counts = [12, 3]
+    batch = encode_choice_batch(tokenizer, prompts_for(counts), counts)
+    with pytest.raises(ValueError, match="flash_attention_2.*sdpa"):
+        choice_log_probs(model, batch)
+
+
 COMMANDS = [
     ["cd ..", "cat a.py", "cat a.py.bak", "id a.py", "id b.py"],  # "cat a.py" is a prefix of "cat a.py.bak"
     ["go to shelf 1", "go to shelf 10"],

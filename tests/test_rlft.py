@@ -705,6 +705,29 @@ def test_reflection_cache_hits_are_exact(players: SimpleNamespace) -> None:
     assert not any(p is q for p in reflector.parameters() for q in module.parameters())
 
 
+def test_a_checkpointed_cache_is_reused_only_by_the_same_reflector_setup(players: SimpleNamespace) -> None:
+    module = make_module(players, reflect=True)
+    module.rollout(RolloutRequest(make_datamodule("full")))
+    checkpoint: dict[str, Any] = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["reflectrl_rl"]["cache"]["prompts"]
+    same = make_module(players, reflect=True)
+    same.on_load_checkpoint(checkpoint)
+    assert same.cache.entries == module.cache.entries
+    # a longer reflection limit (or another reflector) writes other texts: the memo is not reused
+    other = make_module(players, reflect=True, reflection_tokens=REFLECTION_TOKENS + 4)
+    other.on_load_checkpoint(checkpoint)
+    assert not other.cache.entries and other.rollouts_done == module.rollouts_done
+
+
+def test_ppo_refuses_a_checkpoint_cadence_it_would_skip(players: SimpleNamespace, tmp_path: Path) -> None:
+    module = make_module(players, reflect=False, algorithm="ppo", ppo_epochs=2, minibatch_size=4)
+    trainer = make_trainer(tmp_path, batches=2, checkpoint_every=5)
+    with pytest.raises(ReflectRLError, match="every_n_train_steps: 5 with rl.algorithm ppo"):
+        trainer.fit(module, make_datamodule())
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_reflection_cache_capacity() -> None:
     cache = ReflectionCache(capacity=3)
     for i in range(5):
