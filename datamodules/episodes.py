@@ -6,14 +6,39 @@ its ``test_step``/``validation_step`` (see ``reflectrl.rollout.play_episodes``).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import reflectrl.envs  # noqa: F401  (registers the reflectrl/* env ids)
+from reflectrl.errors import ReflectRLError
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any], key: str) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)``; a bad id or argument (a missing tasks file, a malformed
+    line, a target outside the root...) is a one-line error naming the config ``key``."""
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except (gym.error.Error, TypeError, ValueError, OSError) as error:
+        message = " ".join(str(error).split())
+        raise ReflectRLError(f"config key '{key}': cannot make env {env_id!r}: {message}") from None
+
+
+def check_env(env_id: str, env_kwargs: dict[str, Any], key: str) -> None:
+    """Make and close one env (see :func:`make_env`) with every global RNG left as it was, so the
+    check changes no later random draw of the run."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            make_env(env_id, env_kwargs, key).close()
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @dataclass
@@ -34,6 +59,11 @@ class EnvEvalConfig:
     """Episodes played in lockstep (one batched forward per step)."""
     seed: int = 10_000
     """Seeds of the episodes are seed, seed+1, ... (the same for every stage)."""
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ReflectRLError(f"config key 'evaluation.{name}': must be >= 1, got {getattr(self, name)}")
 
 
 class EpisodeBatch:
@@ -59,14 +89,20 @@ class EpisodeBatches:
     The env instances are made once and reused (env state is fully reset by ``reset(seed)``).
     """
 
-    def __init__(self, config: EnvEvalConfig) -> None:
+    def __init__(self, config: EnvEvalConfig, key: str = "data.init_args.evaluation") -> None:
         self.config = config
+        self.key = key
         self._envs: list[gym.Env] | None = None
 
     def envs(self) -> list[gym.Env]:
         if self._envs is None:
-            self._envs = [gym.make(self.config.env_id, **self.config.env_kwargs) for _ in range(self.config.batch_size)]
+            where = f"{self.key}.env_kwargs"
+            self._envs = [make_env(self.config.env_id, self.config.env_kwargs, where) for _ in range(self.config.batch_size)]
         return self._envs
+
+    def check(self) -> None:
+        """Make (and close) one env, so a bad config fails before training, not after it."""
+        check_env(self.config.env_id, self.config.env_kwargs, f"{self.key}.env_kwargs")
 
     def __iter__(self) -> Iterator[EpisodeBatch]:
         cfg = self.config

@@ -17,7 +17,7 @@ import gymnasium as gym
 import lightning.pytorch as pl
 
 import reflectrl.envs  # noqa: F401  (registers the reflectrl/* env ids)
-from reflectrl.datamodules.episodes import EnvEvalConfig, EpisodeBatches
+from reflectrl.datamodules.episodes import EnvEvalConfig, EpisodeBatches, check_env, make_env
 from reflectrl.errors import ReflectRLError
 
 
@@ -110,10 +110,21 @@ class OnlineEnvDataModule(pl.LightningDataModule):
         self.validation = validation
         self.evaluation = evaluation
         self._envs: list[gym.Env] | None = None
+        if episodes_per_batch < 1:
+            raise ReflectRLError(f"config key 'data.init_args.episodes_per_batch': must be >= 1, got {episodes_per_batch}")
+
+    def setup(self, stage: str) -> None:
+        # Make one env of each kind up front, so a bad env config fails before any training time
+        # is spent (the evaluation's would fail only after fit, when evaluate_after_fit plays it).
+        if stage == "fit":
+            check_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs")
+            for config, key in ((self.validation, "data.init_args.validation"), (self.evaluation, "data.init_args.evaluation")):
+                if config is not None:
+                    EpisodeBatches(config, key).check()
 
     def envs(self) -> list[gym.Env]:
         if self._envs is None:
-            self._envs = [gym.make(self.env_id, **self.env_kwargs) for _ in range(self.episodes_per_batch)]
+            self._envs = [make_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs") for _ in range(self.episodes_per_batch)]
         return self._envs
 
     def train_dataloader(self) -> RolloutStream:
@@ -121,7 +132,7 @@ class OnlineEnvDataModule(pl.LightningDataModule):
         return RolloutStream(self)
 
     def val_dataloader(self) -> EpisodeBatches | list:
-        return EpisodeBatches(self.validation) if self.validation is not None else []
+        return EpisodeBatches(self.validation, "data.init_args.validation") if self.validation is not None else []
 
     def test_dataloader(self) -> EpisodeBatches:
         if self.evaluation is None:

@@ -92,6 +92,8 @@ class SFTDataModule(pl.LightningDataModule):
         self.test_file = test_file
         self.record_kind = record_kind
         self.batch_size = batch_size
+        if batch_size < 1:
+            raise ReflectRLError(f"config key 'data.init_args.batch_size': must be >= 1, got {batch_size}")
         self.seed = seed
         self.evaluation = evaluation
         self._records: dict[str, list[dict[str, Any]]] = {}
@@ -109,6 +111,8 @@ class SFTDataModule(pl.LightningDataModule):
         if stage == "fit":
             self._load("train", self.train_file)
             self._load("val", self.val_file)
+            if self.evaluation is not None:  # played by `test` after fit (evaluate_after_fit)
+                EpisodeBatches(self.evaluation).check()
         elif stage == "validate":
             self._load("val", self.val_file)
         elif stage == "test" and self.evaluation is None:

@@ -21,6 +21,8 @@ from reflectrl.errors import ReflectRLError
 
 log = logging.getLogger("reflectrl")
 TOKENIZER_KEY = "reflectrl_tokenizer_sha256"
+MODULE_KEY = "reflectrl_module"
+"""Checkpoint entry naming the module class that wrote it (checked on load)."""
 
 
 def as_backbone_config(value: BackboneConfig | dict[str, Any] | None) -> BackboneConfig | None:
@@ -82,6 +84,9 @@ class LMModule(pl.LightningModule):
                 of ``fit`` (None: no export).
         """
         super().__init__()
+        if not lr > 0 or weight_decay < 0:
+            key, value = ("lr", lr) if not lr > 0 else ("weight_decay", weight_decay)
+            raise ReflectRLError(f"config key 'model.init_args.{key}': must be {'> 0' if key == 'lr' else '>= 0'}, got {value}")
         self.save_hyperparameters()
         for store in (self._hparams, self._hparams_initial):
             for key in list(store):
@@ -133,8 +138,15 @@ class LMModule(pl.LightningModule):
         trained = self._trained_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
         checkpoint[TOKENIZER_KEY] = self.tokenizer_fingerprint()
+        checkpoint[MODULE_KEY] = type(self).__name__
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        writer = checkpoint.get(MODULE_KEY)
+        if writer is not None and writer != type(self).__name__:
+            raise ReflectRLError(
+                f"checkpoint was written by {writer}, but this config builds {type(self).__name__}: "
+                "pass a checkpoint of this stage"
+            )
         saved = checkpoint.get(TOKENIZER_KEY)
         if saved is not None and saved != self.tokenizer_fingerprint():
             raise ReflectRLError(

@@ -12,9 +12,11 @@ Any Trainer option works on the command line (``--trainer.precision bf16-mixed``
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,56 @@ class ReflectRLCLI(LightningCLI):
             steps = [WarmupStep(**vars(s)) if not isinstance(s, WarmupStep) else s for s in config.warmup]
             run_warmup(steps)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters here, before anything is built:
+        # a file torch cannot read would end in a torch traceback (even advising weights_only=False).
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
+            path = Path(ckpt)
+            if path.is_dir():
+                raise ReflectRLError(f"--ckpt_path {ckpt}: is a folder, not a checkpoint file")
+            if path.is_file() and not zipfile.is_zipfile(path):
+                raise ReflectRLError(f"--ckpt_path {ckpt}: not a readable PyTorch checkpoint (truncated, or not a checkpoint)")
+            if path.is_file():
+                self._check_checkpoint_class(path, self.config[subcommand])
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise ReflectRLError(f"--ckpt_path {ckpt}: not a readable PyTorch checkpoint ({_one_line(error)[:120]})") from None
+
+    @staticmethod
+    def _check_checkpoint_class(path: Path, config: jsonargparse.Namespace) -> None:
+        """LightningCLI would take the model class from the checkpoint and pair it with this
+        config's data: a checkpoint of another stage must be refused, in one line."""
+        try:
+            checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
+            raise ReflectRLError(f"--ckpt_path {path}: not a readable PyTorch checkpoint ({_one_line(error)[:120]})") from None
+        written_by = str((checkpoint.get("hyper_parameters") or {}).get("_class_path") or "")
+        model = config.get("model")
+        wanted = str(model.get("class_path") or "") if isinstance(model, jsonargparse.Namespace) else ""
+        if written_by and wanted and written_by.rsplit(".", 1)[-1] != wanted.rsplit(".", 1)[-1]:
+            raise ReflectRLError(
+                f"--ckpt_path {path}: written by {written_by.rsplit('.', 1)[-1]}, but the config builds "
+                f"{wanted.rsplit('.', 1)[-1]}: pass a checkpoint of this stage"
+            )
+
+    def _check_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` for validate/test: there must be one (fit starts fresh instead)."""
+        config = self.config.get(self.subcommand)
+        if config is None or config.get("ckpt_path") != "last":
+            return
+        if not any(cb._find_last_checkpoints(self.trainer) for cb in self.trainer.checkpoint_callbacks):
+            folders = sorted({str(cb.dirpath) for cb in self.trainer.checkpoint_callbacks})
+            raise ReflectRLError(f"--ckpt_path last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}")
+
+    def before_validate(self) -> None:
+        self._check_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_last_checkpoint()
+
     def before_fit(self) -> None:
         if self.trainer.fast_dev_run:
             # Lightning 2.6's ModelCheckpoint.on_train_end writes last.ckpt even under
@@ -165,7 +217,8 @@ def main(args: ArgsType = None) -> None:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             # Parse errors are raised (not printed as a 20-line usage dump) and reported as one line.
-            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
+            # allow_abbrev off: argparse would take `--trainer.max_step 7` as `--trainer.max_steps`.
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False, "allow_abbrev": False},
             args=args,  # None: LightningCLI reads sys.argv itself
         )
     except jsonargparse.ArgumentError as error:
@@ -174,3 +227,24 @@ def main(args: ArgsType = None) -> None:
     except USER_ERRORS as error:
         print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ValueError as error:
+        # jsonargparse reports a class whose __init__ raised (a missing model folder, a bad
+        # value) as "Does not validate against any of the Union subtypes", with the real error
+        # as its cause and a dump of the whole config.
+        cause = _user_error_in(error)
+        if cause is None:
+            raise
+        print(f"reflectrl: error: {_one_line(cause)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _user_error_in(error: BaseException) -> BaseException | None:
+    """The first user error (USER_ERRORS) in ``error``'s chain of causes, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, USER_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -590,10 +590,14 @@ class DataGenerator:
                         f"split {first.split}, stage {first.stage}, seed {first.seed}, step {first.step}"
                         f"{', negative' if first.negative else ''}"
                     )
-                    raise DataError(
-                        f"generate: {failure} (first failed record: {where}); {len(requests) - missing} of "
-                        f"{len(requests)} reflections are saved in {journal.path}: run the same command again to continue"
+                    saved = len(requests) - missing
+                    progress = (
+                        f"{saved} of {len(requests)} reflections are saved in {journal.path}: run the same command "
+                        "again to continue"
+                        if saved
+                        else "no reflection was saved yet: run the same command again once the teacher answers"
                     )
+                    raise DataError(f"generate: {failure} (first failed record: {where}); {progress}")
                 written = start + len(batch)
                 if written == len(todo) or (written // self.teacher_batch_size) % 20 == 0:
                     logger.info("generate: teacher wrote %d/%d reflections", written, len(todo))

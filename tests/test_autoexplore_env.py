@@ -223,3 +223,29 @@ def test_check_env(root: Path) -> None:
 
     env = make(root)
     check_env(env, skip_render_check=True)
+
+
+def test_a_bad_tasks_file_fails_the_datamodule_setup_in_one_line(tmp_path: Path) -> None:
+    """Under ``fit`` the env is made by the DataModule: the error names the config key and the
+    file's line, before any training (evaluation envs included, which ``test`` plays after fit)."""
+    from reflectrl.datamodules.episodes import EnvEvalConfig
+    from reflectrl.datamodules.online import OnlineEnvDataModule
+    from reflectrl.errors import ReflectRLError
+
+    root = write_tree(tmp_path / "repo")
+    good = tmp_path / "tasks.jsonl"
+    good.write_text("".join(json.dumps(task | {"root": str(root)}) + "\n" for task in toy_tasks()))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "{not json\n")
+    lines = len(good.read_text().splitlines())
+    with pytest.raises(ReflectRLError, match=rf"'data.init_args.env_kwargs': .*bad.jsonl:{lines + 1}: malformed JSON"):
+        OnlineEnvDataModule(env_id=ENV_ID, env_kwargs={"tasks_file": str(bad)}, stage="all").setup("fit")
+    evaluation = EnvEvalConfig(env_id=ENV_ID, env_kwargs={"tasks_file": str(bad)}, stages=["all"], episodes=2, batch_size=2)
+    module = OnlineEnvDataModule(env_id=ENV_ID, env_kwargs={"tasks_file": str(good)}, stage="all", evaluation=evaluation)
+    with pytest.raises(ReflectRLError, match=r"'data.init_args.evaluation.env_kwargs': .*bad.jsonl"):
+        module.setup("fit")
+    # a target outside the root is named too
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"question": "q?", "targets": ["../secret.py"], "root": str(root)}) + "\n")
+    with pytest.raises(ReflectRLError, match=r"'data.init_args.env_kwargs'"):
+        OnlineEnvDataModule(env_id=ENV_ID, env_kwargs={"tasks_file": str(outside)}, stage="all").setup("fit")

@@ -290,6 +290,55 @@ def test_missing_checkpoint_file(config_writer, tmp_path: Path, capsys: pytest.C
     assert str(missing) in line
 
 
+def test_an_abbreviated_key_is_not_taken_for_the_full_one(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny")
+    line = one_error_line(["fit", "--config", str(config), "--trainer.max_step", "7"], capsys)
+    assert "--trainer.max_step" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("--model.init_args.backbone.name_or_path", "no/such/folder", "cannot load model 'no/such/folder'"),
+        ("--model.init_args.lr", "-1", "config key 'model.init_args.lr': must be > 0"),
+        ("--data.init_args.batch_size", "0", "config key 'data.init_args.batch_size': must be >= 1"),
+    ],
+)
+def test_a_bad_value_raised_while_building_is_one_line(
+    key: str, value: str, expected: str, config_writer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jsonargparse wraps such errors in a Union-subtypes report with a dump of the config."""
+    config = config_writer("policy_sft_tiny")
+    assert expected in one_error_line(["fit", "--config", str(config), key, value], capsys)
+
+
+def test_unreadable_checkpoints_are_one_line(
+    pipeline: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (fit_run,) = [run for run in runs_of(pipeline["policy_runs"]) if (run / "checkpoints").is_dir()]
+    good = (fit_run / "checkpoints" / "last.ckpt").read_bytes()
+    cases = {"truncated.ckpt": good[: len(good) // 2], "random.ckpt": bytes(range(256)) * 8, "empty.ckpt": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "folder.ckpt").mkdir()
+    for name in [*cases, "folder.ckpt"]:
+        line = one_error_line(["test", "--config", str(pipeline["policy_config"]), "--ckpt_path", str(tmp_path / name)], capsys)
+        assert name in line and ("not a readable PyTorch checkpoint" in line or "is a folder" in line), line
+    # a checkpoint of another stage (the reflection SFT one under the policy config)
+    (reflection_run,) = [run for run in runs_of(pipeline["reflection_runs"]) if (run / "checkpoints").is_dir()]
+    other = reflection_run / "checkpoints" / "last.ckpt"
+    line = one_error_line(["test", "--config", str(pipeline["policy_config"]), "--ckpt_path", str(other)], capsys)
+    assert "written by ReflectionSFTModule, but the config builds PolicySFTModule" in line
+    assert list(tmp_path.rglob("results.json")) == []
+
+
+def test_test_from_last_without_any_checkpoint(config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_writer("policy_sft_tiny")
+    line = one_error_line(["test", "--config", str(config), "--ckpt_path", "last"], capsys)
+    assert "--ckpt_path last: no last checkpoint in" in line
+    assert list(tmp_path.rglob("results.json")) == []
+
+
 def test_missing_reflector_export_at_test_time(
     pipeline: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
