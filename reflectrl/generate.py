@@ -760,6 +760,7 @@ def build_parser() -> Any:
         prog="reflectrl generate",
         description="Generate teacher SFT datasets (oracle trajectories + negative examples) as JSONL.",
         exit_on_error=False,  # errors come back as exceptions, reported as one line
+        allow_abbrev=False,  # `--overwrit true` must not pass for `--overwrite true`
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below.")
     parser.add_class_arguments(DataGenerator, None, fail_untyped=True)

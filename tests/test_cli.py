@@ -294,6 +294,9 @@ def test_an_abbreviated_key_is_not_taken_for_the_full_one(config_writer, capsys:
     config = config_writer("policy_sft_tiny")
     line = one_error_line(["fit", "--config", str(config), "--trainer.max_step", "7"], capsys)
     assert "--trainer.max_step" in line
+    data_config = str(REPO / "configs" / "taxi_data.yaml")
+    line = one_error_line(["generate", "--config", data_config, "--overwrit", "true"], capsys)
+    assert "--overwrit" in line
 
 
 @pytest.mark.parametrize(
