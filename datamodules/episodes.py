@@ -63,7 +63,10 @@ class EnvEvalConfig:
     def __post_init__(self) -> None:
         for name in ("episodes", "batch_size"):
             if getattr(self, name) < 1:
-                raise ReflectRLError(f"config key 'evaluation.{name}': must be >= 1, got {getattr(self, name)}")
+                raise ReflectRLError(
+                    f"config key '{name}' of an evaluation (data.init_args.validation or .evaluation): "
+                    f"must be >= 1, got {getattr(self, name)}"
+                )
 
 
 class EpisodeBatch:
