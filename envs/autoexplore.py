@@ -526,6 +526,10 @@ class AutoExploreEnv(gymnasium.Env[str, int]):
         """Length of a shortest command path to a target (0 after success)."""
         return 0 if self._success else len(self.oracle_plan())
 
+    negative_actions_only = True
+    """For the data generator: teach only the mistakes :meth:`negative_actions` names (another
+    non-optimal action may be reading the right file, which is no mistake)."""
+
     def negative_actions(self) -> list[int]:
         """Indices of ``cat`` actions of files that are not targets (the paper's negative examples:
         reading a wrong sibling file). Used by the data generator, never shown to a player."""

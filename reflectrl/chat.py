@@ -22,10 +22,13 @@ The API key is held in memory only: never logged, never in a repr, never in the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import email.utils
 import hashlib
+import inspect
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -46,6 +49,8 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 """HTTP statuses worth retrying besides 5xx (timeout, conflict, rate limit)."""
 FATAL_STATUSES = frozenset({401, 403, 404})
 """HTTP statuses that no retry and no other request can fix (key, permission, model/endpoint)."""
+MAX_REPLY_BYTES = 16 * 2**20
+"""Largest reply body read (a chat completion of a few hundred tokens is a few kB)."""
 API_KEY_ENV = "OPENAI_API_KEY"
 NO_KEY = "no-key"
 """Sent when no key is configured: local servers ignore it (the openai client insists on one)."""
@@ -77,7 +82,8 @@ class ChatSettings:
     backoff_cap: float = 60.0
     """Longest wait between tries, also for ``Retry-After``."""
     timeout: float = 60.0
-    """Seconds per try before it counts as timed out."""
+    """Seconds per try before it counts as timed out: wall clock for the whole reply (a server
+    that drips a byte at a time cannot hold a try longer)."""
     cache_dir: str | None = ".cache/reflectrl/chat"
     """Folder of the reply cache (None: no cache)."""
     progress: bool = True
@@ -180,14 +186,18 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     milliseconds = headers.get("retry-after-ms")
     if milliseconds is not None:
         try:
-            return max(float(milliseconds) / 1000, 0.0)
+            delay = float(milliseconds) / 1000
+            if math.isfinite(delay):
+                return max(delay, 0.0)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        delay = float(value)
+        # "nan" or "inf" parse as floats: unusable, like any other unreadable value
+        return max(delay, 0.0) if math.isfinite(delay) else None
     except ValueError:
         pass
     try:
@@ -231,12 +241,24 @@ def parse_completion(text: str, allow_cut_off: bool = False) -> ChatReply:
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         prompt_tokens=_as_int(usage.get("prompt_tokens")),
         completion_tokens=_as_int(usage.get("completion_tokens")),
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        cost=_as_finite(cost),
     )
 
 
+def _as_finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (JSON allows 1e999, NaN, 10**400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _as_int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    number = _as_finite(value)
+    return int(number) if number is not None and abs(number) < 2**63 else 0
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -248,7 +270,12 @@ def resolve_api_key(api_key: SecretStr | str | None) -> str:
     """The key to send: the configured one, else ``OPENAI_API_KEY``, else a placeholder."""
     if isinstance(api_key, SecretStr):
         api_key = api_key.get_secret_value()
-    return api_key or os.environ.get(API_KEY_ENV) or NO_KEY
+    key = (api_key or os.environ.get(API_KEY_ENV) or NO_KEY).strip()
+    # A key read with `$(cat key.txt)` may carry a newline; inside a header it would make the
+    # HTTP library raise with the header, key included, in its message.
+    if not key.isprintable() or not key.isascii():
+        raise ReflectRLError("the API key holds control or non-ASCII characters inside it: check how it was set")
+    return key
 
 
 # ------------------------------------------------------------------------------------- cache
@@ -361,6 +388,9 @@ class ChatClient:
             timeout=settings.timeout,
         )
         self.base_url = str(self._client.base_url).rstrip("/")
+        # Body fields the SDK takes as arguments; any other (a server's own, e.g. vLLM's top_k)
+        # goes in extra_body, where the SDK passes it through unchecked.
+        self._sdk_fields = set(inspect.signature(self._client.chat.completions.create).parameters)
         self.cache = ReplyCache(settings.cache_dir) if settings.cache_dir else None
         self.usage = ChatUsage()
         self._rng = random.Random()
@@ -482,7 +512,10 @@ class ChatClient:
             retry_after = None
             try:
                 reply = self._send(payload)
-                reply.text = validate(reply.text)
+                # The cache keeps the raw text and validates it on the way out, like a fresh
+                # reply: validating twice is not always the same as once.
+                raw_text = reply.text
+                reply.text = validate(raw_text)
             except _Permanent as error:
                 return self._failed(str(error), attempt)
             except _Retryable as error:
@@ -491,7 +524,7 @@ class ChatClient:
                 reason = str(error)
             else:
                 if self.cache is not None:
-                    self.cache.put(key, payload, reply)
+                    self.cache.put(key, payload, dataclasses.replace(reply, text=raw_text))
                 with self._lock:
                     self.usage.add(reply)
                 self._bar_advance(1)
@@ -519,9 +552,30 @@ class ChatClient:
         """One try. Raises _Retryable, UnusableReply, or ChatRequestError (fatal)."""
         openai = self._openai
         where = f"{self.base_url} (model {self.settings.model!r})"
+        arguments = {name: value for name, value in payload.items() if name in self._sdk_fields}
+        extra = {name: value for name, value in payload.items() if name not in self._sdk_fields}
+        if extra:
+            arguments["extra_body"] = extra
+        deadline = time.monotonic() + self.settings.timeout
         try:
-            raw = self._client.chat.completions.with_raw_response.create(**payload)
-            text = raw.text  # parsed by us: the client's own parser would accept a broken reply
+            # Streamed, so the try has a wall-clock deadline and a size bound; parsed by us (the
+            # client's own parser would accept a broken reply).
+            with self._client.chat.completions.with_streaming_response.create(**arguments) as raw:
+                chunks: list[bytes] = []
+                size = 0
+                try:
+                    for chunk in raw.iter_bytes():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > MAX_REPLY_BYTES:
+                            raise UnusableReply(f"reply larger than {MAX_REPLY_BYTES // 2**20} MiB")
+                        if time.monotonic() > deadline:
+                            raise _Retryable(f"timed out after {self.settings.timeout:g} s at {where}")
+                except (UnusableReply, _Retryable):
+                    raise
+                except Exception as error:  # the HTTP library's own (connection lost, read timeout)
+                    raise _Retryable(f"connection lost reading the reply from {where}: {_one_line(repr(error))}") from None
+            text = b"".join(chunks).decode("utf-8", errors="replace")
         except openai.APITimeoutError:
             raise _Retryable(f"timed out after {self.settings.timeout:g} s at {where}") from None
         except openai.APIConnectionError as error:

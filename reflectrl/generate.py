@@ -497,10 +497,16 @@ class DataGenerator:
             optimal_before = set(int(a) for a in safe_env.unwrapped.oracle_actions())
             wrong_actions = [a for a in range(len(before.valid_actions)) if a not in optimal_before]
             # An env may name the mistakes worth teaching (AutoExplore: reading a wrong sibling
-            # file, as in the paper); otherwise any non-optimal action will do.
+            # file, as in the paper); otherwise any non-optimal action will do. An env whose
+            # non-optimal actions are not all mistakes (AutoExplore: `cat` of the right file)
+            # sets `negative_actions_only`: no named mistake here, no negative.
             preferred = getattr(safe_env.unwrapped, "negative_actions", None)
             if callable(preferred):
-                wrong_actions = [a for a in preferred() if a not in optimal_before] or wrong_actions
+                named = [a for a in preferred() if a not in optimal_before]
+                if not named and getattr(safe_env.unwrapped, "negative_actions_only", False):
+                    skipped += 1
+                    continue
+                wrong_actions = named or wrong_actions
             wrong = rng.choice(wrong_actions)
             observation, _, terminated, truncated, info = safe_env.step(wrong)
             optimal = sorted(int(a) for a in safe_env.unwrapped.oracle_actions())

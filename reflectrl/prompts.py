@@ -158,7 +158,7 @@ POLICY_CHAT_INSTRUCTION = (
 
 # A label at the very start, after an optional "Choice:"/"Action"/"Answer"/"Option" and markdown.
 _LEADING_LABEL = re.compile(
-    r"^[\s*_`'\"(\[]*(?:(?:choice|action|answer|option)\b\s*(?:number|no\.?)?\s*[:#=-]?\s*)?[(\[#]?\s*(\d+)(?!\d)",
+    r"^[\s*_`'\"(\[]*(?:(?:choice|action|answer|option)\b\s*(?:number|no\.?)?\s*[:#=-]?\s*)?[(\[#]?\s*(\d{1,9})(?!\d)",
     re.IGNORECASE,
 )
 

@@ -11,6 +11,7 @@ with ``usage`` and a ``cost`` field) and can be scripted to fail the ways real s
     "empty_content" HTTP 200 whose message content is ""
     "length"        HTTP 200 cut off (``finish_reason: "length"``)
     "drop"          the connection is closed half-way through the body
+    "drip"          the body comes a few bytes at a time, ``slow_seconds`` in all (each read is quick)
     "401"           HTTP 401 (a bad API key; not worth retrying)
 
 Every request is logged (its messages, the failure mode served, the Authorization header) so
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAILURE_MODES = ("429", "500", "slow", "malformed", "empty_choices", "empty_content", "length", "drop")
+FAILURE_MODES = ("429", "500", "slow", "malformed", "empty_choices", "empty_content", "length", "drop", "drip")
 """Every transient failure the server can serve (all must be survived by retrying)."""
 
 Replier = Callable[[dict[str, Any]], str]
@@ -202,6 +203,17 @@ def _handler_for(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)  # the rest never comes
+            elif mode == "drip":
+                data = json.dumps(completion_body(server.replier(body), body, server.cost_per_token)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                pieces = [data[i : i + 8] for i in range(0, len(data), 8)]
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    time.sleep(server.slow_seconds / len(pieces))
             else:
                 if mode == "slow":
                     time.sleep(server.slow_seconds)

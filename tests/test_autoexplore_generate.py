@@ -232,6 +232,22 @@ def test_records_negatives_and_reflections(generated: Path) -> None:
     assert {t["split"] for t in tasks.values()} == set(SPLITS)
 
 
+def test_no_negative_reads_the_right_file(tmp_path: Path) -> None:
+    """A folder holding only the target: no wrong sibling to read, so no negative (any other
+    non-optimal action would be `cat` of the right file, which is no mistake)."""
+    root = write_tree(tmp_path / "solo", {"pkg/answer.py": "class Foo:\n    pass\n"})
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "solo", "question": "Which file defines the class Foo?",
+                                 "targets": ["pkg/answer.py"], "root": str(root), "split": "train"}) + "\n")
+    output = tmp_path / "data"
+    DataGenerator(env_id="reflectrl/AutoExplore-v0", env_kwargs={"tasks_file": str(tasks)}, stages=["all"],
+                  episodes={"train": 3, "val": 0, "test": 0}, negatives_per_episode=2, output_dir=str(output),
+                  seed=0).run()
+    records = read_jsonl(output / "policy_sft.train.jsonl", POLICY_FIELDS)
+    assert records and not any(r["negative"] for r in records)
+    assert not any("answer.py is the wrong file" in r["reflection"] for r in records)
+
+
 # ------------------------------------------------------------------------------------- end to end
 def adapt(name: str, folder: Path, data: Path, **changes: Any) -> Path:
     """A shipped config with tmp paths, the tiny backbone and tiny budgets."""

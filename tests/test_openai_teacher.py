@@ -36,8 +36,10 @@ from reflectrl.chat import (
     backoff_delay,
     parse_completion,
     parse_retry_after,
+    resolve_api_key,
 )
 from reflectrl.data import DataError
+from reflectrl.errors import ReflectRLError
 from reflectrl.generate import DataGenerator, ReflectionJournal, journal_path
 from reflectrl.teachers import Mistake, OfflineTeacher, OpenAITeacher, ReflectionRequest, TeacherError
 from reflectrl.teachers.openai_teacher import clean_reflection, reflection_messages
@@ -134,6 +136,55 @@ def test_a_usable_body_with_usage_and_cost() -> None:
             "usage": {"prompt_tokens": 12, "completion_tokens": 3, "cost": 0.002}}
     reply = parse_completion(json.dumps(body), allow_cut_off=True)
     assert (reply.text, reply.prompt_tokens, reply.completion_tokens, reply.cost) == ("Go north.", 12, 3, 0.002)
+
+
+def test_hostile_numbers_in_a_reply_are_ignored_not_raised() -> None:
+    # JSON allows 1e999 (inf), NaN and integers beyond a float: usage is bookkeeping, never a crash
+    for value in ("1e999", "NaN", "-Infinity", "1" + "0" * 400):
+        body = (
+            '{"choices": [{"message": {"content": "Go north."}, "finish_reason": "stop"}], '
+            f'"usage": {{"prompt_tokens": {value}, "completion_tokens": 3, "cost": {value}}}}}'
+        )
+        reply = parse_completion(body)
+        assert (reply.prompt_tokens, reply.completion_tokens, reply.cost) == (0, 3, None), value
+    for value in ("nan", "inf", "-inf"):
+        assert parse_retry_after({"retry-after": value}) is None
+        assert parse_retry_after({"retry-after-ms": value}) is None
+
+
+def test_an_api_key_with_control_characters_is_refused_without_showing_it() -> None:
+    assert resolve_api_key("sk-abc\n") == "sk-abc"  # a trailing newline of `$(cat key.txt)` is dropped
+    with pytest.raises(ReflectRLError) as caught:
+        resolve_api_key("sk-secret\nX-Injected: 1")
+    assert "sk-secret" not in str(caught.value)
+
+
+def test_server_specific_extra_params_go_in_the_body(server: ChatServer, tmp_path: Path) -> None:
+    client = ChatClient(settings(server, tmp_path))
+    (reply,) = client.complete([ChatRequest.of([("user", "hi")], {"temperature": 0.0, "top_k": 20, "seed": 3})])
+    assert isinstance(reply, ChatReply)
+    assert server.log[-1].body["top_k"] == 20 and server.log[-1].body["seed"] == 3
+
+
+def test_the_cache_keeps_the_raw_reply_and_validates_it_like_a_fresh_one(server: ChatServer, tmp_path: Path) -> None:
+    server.replier = lambda body: "  Go north.  "
+    calls: list[str] = []
+
+    def validate(text: str) -> str:  # not idempotent: a second pass would strip a second prefix
+        calls.append(text)
+        return "checked: " + text.strip()
+
+    fresh = ChatClient(settings(server, tmp_path)).complete([one_request()], validate=validate)
+    cached = ChatClient(settings(server, tmp_path)).complete([one_request()], validate=validate)
+    assert fresh[0].text == cached[0].text == "checked: Go north."
+    assert calls == ["  Go north.  ", "  Go north.  "] and len(server.log) == 1
+
+
+def test_teacher_identity_records_changed_forbidden_words() -> None:
+    default = repr(OpenAITeacher(model="m", base_url="http://127.0.0.1:9/v1"))
+    assert "forbidden_words" not in default  # the default keeps existing journals valid
+    changed = repr(OpenAITeacher(model="m", base_url="http://127.0.0.1:9/v1", forbidden_words=["north"]))
+    assert changed != default and "forbidden_words=['north']" in changed
 
 
 def test_cache_key_covers_the_request_but_not_the_key_or_url() -> None:

@@ -44,6 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
         ("go north or go south", None),  # two actions: ambiguous
         ("I am not sure.", None),
         ("", None),
+        ("7" * 5000, None),  # past Python's int-conversion limit: no label, never a ValueError
     ],
 )
 def test_parse_choice(reply: str, expected: int | None) -> None:

@@ -164,6 +164,9 @@ class OpenAITeacher(Teacher):
         # What determines the reflections (the data manifest records it); no key, no tuning knobs.
         s = self.settings
         extra = f", extra_params={s.extra_params!r}" if s.extra_params else ""
+        # Only when changed, so data made with the default keeps its identity (and its journal).
+        if self.forbidden_words != tuple(DEFAULT_FORBIDDEN_WORDS):
+            extra += f", forbidden_words={list(self.forbidden_words)!r}"
         return (
             f"OpenAITeacher(model={s.model!r}, base_url={s.base_url!r}, temperature={s.temperature!r}, "
             f"max_tokens={s.max_tokens!r}{extra}, max_words={self.max_words}, max_chars={self.max_chars})"
