@@ -34,17 +34,23 @@ class EpochShuffle(Sampler[int]):
     the permutation and an empty remainder), so runs measured before this sampler keep their
     data order. Lightning calls ``set_epoch`` at every epoch start, also after a resume, so a
     resumed run shuffles its epoch as the uninterrupted run did (a fresh shuffling loader would
-    start again from epoch 0's order). A run resumed in the middle of an epoch replays that
-    epoch from its first batch (Lightning warns about it).
+    start again from epoch 0's order). A run resumed in the middle of epoch e continues it:
+    :meth:`resume_at` makes the epoch's order start after the records already trained on
+    (Lightning counts the epoch's finished batches and ends it at the epoch's length).
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, records already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, records_done: int) -> None:
+        """Epoch ``epoch`` leaves out its first ``records_done`` records (a mid-epoch resume)."""
+        self._resume = (epoch, records_done) if records_done > 0 else None
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed)
@@ -55,9 +61,12 @@ class EpochShuffle(Sampler[int]):
             torch.randperm(self.size, generator=generator)
             torch.randperm(self.size, generator=generator)
         torch.empty((), dtype=torch.int64).random_(generator=generator)
-        yield from torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        yield from order[skip:]
 
     def __len__(self) -> int:
+        # The full epoch: Lightning sizes epochs by it and stops a resumed one at the same end.
         return self.size
 
 
@@ -131,7 +140,18 @@ class SFTDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._load("train", self.train_file), shuffle=True)
+        loader = self._loader(self._load("train", self.train_file), shuffle=True)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and isinstance(loader.sampler, EpochShuffle):
+            # On a resume the loops' progress is restored before the loader is made: continue
+            # the epoch after its finished batches instead of replaying it from the start.
+            batches = len(loader)
+            # "processed": a checkpoint saved in on_train_batch_end has not marked its batch
+            # "completed" yet; Lightning resumes after the processed ones as well.
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if batches and done % batches:
+                loader.sampler.resume_at(trainer.current_epoch, (done % batches) * self.batch_size)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         records = self._load("val", self.val_file)

@@ -31,11 +31,17 @@ class EnvEvaluation(nn.Module):
         self.phase = phase
         self.metrics = EpisodeMetrics()
         self.env_id = ""
+        # What the episodes covered, per stage (recorded in results.json): many seeds can draw
+        # the same start state (Taxi has 60 held-out starts per stage), so count them apart.
+        self.coverage: dict[str, dict[str, Any]] = {}
 
     def play(self, batch: EpisodeBatch, agent: Agent) -> None:
         episodes = play_episodes(batch.envs, batch.seeds, batch.options, agent.decide)
         self.env_id = batch.env_id
         self.metrics.update(batch.stage, episodes)
+        seen = self.coverage.setdefault(batch.stage, {"split": batch.options.get("split"), "seeds": [], "starts": set()})
+        seen["seeds"].extend(int(seed) for seed in batch.seeds)
+        seen["starts"].update(repr(e.start_state) for e in episodes if e.start_state is not None)
 
     def finish(self, module: pl.LightningModule, extra: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
         """Log ``{phase}/{stage}/{metric}``, write results.json into the run folder, reset."""
@@ -46,7 +52,16 @@ class EnvEvaluation(nn.Module):
         trainer = module.trainer
         if per_stage and trainer.is_global_zero and self.phase == "test":
             folder = Path(trainer.log_dir or trainer.default_root_dir)
-            path = write_results(folder / "results.json", self.env_id, per_stage, extra or {})
+            covered = {
+                stage: {
+                    "split": seen["split"],
+                    "seeds": [min(seen["seeds"]), max(seen["seeds"])],
+                    "distinct_starts": len(seen["starts"]) or None,
+                }
+                for stage, seen in self.coverage.items()
+            }
+            rows = {stage: values | covered.get(stage, {}) for stage, values in per_stage.items()}
+            path = write_results(folder / "results.json", self.env_id, rows, extra or {})
             log.info("wrote %s", path)
             for stage, values in per_stage.items():
                 log.info(
@@ -55,4 +70,5 @@ class EnvEvaluation(nn.Module):
                     100 * values["crash_rate"], values["episodes"],
                 )
         self.metrics.reset()
+        self.coverage = {}
         return per_stage

@@ -68,8 +68,11 @@ class EpisodeMetrics(nn.Module):
             metrics.reset()
 
 
-def write_results(path: str | Path, env_id: str, per_stage: dict[str, dict[str, float]], extra: dict[str, Any]) -> Path:
-    """Write ``[{"env", "stage", "episodes", "success_rate", ...}, ...]`` atomically."""
+def write_results(path: str | Path, env_id: str, per_stage: dict[str, dict[str, Any]], extra: dict[str, Any]) -> Path:
+    """Write ``[{"env", "stage", "episodes", "success_rate", ...}, ...]`` atomically.
+
+    Rows written by an evaluation also say what they cover: ``split``, the ``seeds`` range and
+    the number of ``distinct_starts`` among them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"env": env_id, "stage": stage, **values, **extra} for stage, values in per_stage.items()]

@@ -46,6 +46,8 @@ class Episode:
     transitions: list[Transition] = field(default_factory=list)
     success: bool = False
     crashed: bool = False
+    start_state: Any = None
+    """The env's ``info["start_state"]`` at reset (Taxi: the encoded state; AutoExplore: the task)."""
 
     @property
     def total_return(self) -> float:
@@ -81,10 +83,11 @@ def play_episodes(
     episodes = [Episode(seed=int(seed), stage=stage) for seed in seeds]
     observations: list[str] = []
     infos: list[dict[str, Any]] = []
-    for env, seed in zip(envs, seeds, strict=True):
+    for episode, env, seed in zip(episodes, envs, seeds, strict=True):
         observation, info = env.reset(seed=int(seed), options=dict(options))
         observations.append(observation)
         infos.append(info)
+        episode.start_state = info.get("start_state")
     live = list(range(len(envs)))
     for _ in range(max_steps):
         if not live:

@@ -411,3 +411,60 @@ def test_epoch_shuffle_is_the_shuffling_loader_order_and_survives_a_resume() -> 
         resumed.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         assert [r for batch in resumed for r in batch] == expected, epoch
     assert isinstance(module._loader(records, shuffle=True).sampler, EpochShuffle)  # type: ignore[arg-type]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _StopAt(pl.Callback):
+    """Records each step's loss and trained records; raises at a global step (a kill)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at = stop_at
+        self.losses: list[float] = []
+        self.batches: list[tuple[int, ...]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        if self.stop_at is not None and trainer.global_step == self.stop_at:
+            raise _Killed
+        self.batches.append(tuple(record["step"] for record in batch))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_sft_resumed_in_the_middle_of_an_epoch_continues_it(taxi_data: Path, tmp_path: Path) -> None:
+    """Killed mid-epoch and resumed: the same batches, losses and final weights as without the kill
+    (the epoch goes on after its finished batches; it is neither replayed nor cut short)."""
+    records = (taxi_data / "reflection_sft.train.jsonl").read_text().splitlines()[:16]
+    data_file = tmp_path / "r16.jsonl"
+    data_file.write_text("\n".join(records) + "\n")
+    steps = 9  # 4 batches per epoch: the kill at step 6 is in the middle of epoch 1
+
+    def fit(callback: _StopAt, ckpt_path: str | None = None, checkpoints: Path | None = None) -> ReflectionSFTModule:
+        pl.seed_everything(0, verbose=False)
+        module = ReflectionSFTModule(tiny_backbone(num_layers=1, hidden_size=32, num_heads=2), max_prompt_tokens=256,
+                                     lr=1e-2, warmup_steps=2)
+        callbacks: list[pl.Callback] = [callback]
+        if checkpoints is not None:
+            callbacks.insert(0, pl.callbacks.ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=1, save_top_k=-1,
+                                                             filename="{step}"))
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=checkpoints is not None,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             max_steps=steps, callbacks=callbacks)
+        data = SFTDataModule(str(data_file), record_kind="reflection", batch_size=4, seed=3)
+        try:
+            trainer.fit(module, data, ckpt_path=ckpt_path)
+        except _Killed:
+            pass
+        return module
+
+    whole = _StopAt()
+    reference = fit(whole)
+    first, second = _StopAt(stop_at=6), _StopAt()
+    fit(first, checkpoints=tmp_path / "ck")
+    resumed = fit(second, ckpt_path=str(tmp_path / "ck" / "step=6.ckpt"))
+    assert first.batches + second.batches == whole.batches
+    assert first.losses + second.losses == whole.losses
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True))
