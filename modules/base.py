@@ -98,6 +98,18 @@ class LMModule(pl.LightningModule):
         # on_load_checkpoint checks that every *trained* weight is present instead.
         self.strict_loading = False
 
+    def prompt_limit(self, limit: int, key: str) -> int:
+        """``limit`` capped at the model's positions (prompts are cut from the left to fit it):
+        past them GPT-2 fails mid-run with an IndexError and Llama silently leaves its range."""
+        positions = next(
+            (int(v) for name in ("max_position_embeddings", "n_positions") if (v := getattr(self.model.config, name, None))),
+            None,
+        )
+        if positions is not None and limit > positions:
+            log.info("%s: %d tokens is more than the model's %d positions: using %d", key, limit, positions, positions)
+            return positions
+        return limit
+
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -119,7 +131,8 @@ class LMModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Before the step (the scheduler steps after it): the rate this batch trains with.
         if self.trainer.optimizers:
             self.log("charts/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
@@ -181,6 +194,17 @@ class LMModule(pl.LightningModule):
         if self.hparams.export_dir:
             export_backbone(self.model, self.tokenizer, self.hparams.export_dir)
             log.info("exported the trained player to %s", self.hparams.export_dir)
+
+    def on_fit_start(self) -> None:
+        config = self.backbone_config
+        from_gguf = bool(config.gguf_file) or str(config.name_or_path or "").endswith(".gguf")
+        if from_gguf and config.trainable and config.lora is None and self.hparams.export_dir:
+            # transformers marks a dequantised GGUF model as quantised and refuses to save it: the
+            # export would fail after all the training.
+            raise ReflectRLError(
+                "config key 'model.init_args.backbone': a GGUF model cannot be exported after a full "
+                "fine-tune (transformers refuses to save it); set backbone.lora"
+            )
 
     def on_fit_end(self) -> None:
         # fast_dev_run is a smoke test that writes nothing (Lightning skips checkpoints and logs);

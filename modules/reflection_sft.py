@@ -33,13 +33,14 @@ class ReflectionSFTModule(LMModule):
             lr, weight_decay, warmup_steps, min_lr_ratio, export_dir: see LMModule.
         """
         super().__init__(backbone, lr, weight_decay, warmup_steps, min_lr_ratio, export_dir)
+        self.max_prompt_tokens = self.prompt_limit(max_prompt_tokens, "model.init_args.max_prompt_tokens")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
 
     def _loss(self, records: list[dict[str, Any]]) -> torch.Tensor:
         inputs = [prompts.reflection_prompt(r["observation"]) for r in records]
         targets = [prompts.sanitize_line(r["reflection"]) for r in records]
-        return completion_nll(self.model, self.tokenizer, inputs, targets, max_length=self.hparams.max_prompt_tokens)
+        return completion_nll(self.model, self.tokenizer, inputs, targets, max_length=self.max_prompt_tokens)
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch).mean()

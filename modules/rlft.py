@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -129,6 +130,8 @@ class RLFTModule(LMModule):
         super().__init__(backbone, lr, weight_decay, 0, 1.0, export_dir)
         self.automatic_optimization = False
         self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
+        limit = self.prompt_limit(self.acting.max_prompt_tokens, "model.init_args.acting.max_prompt_tokens")
+        self.acting = dataclasses.replace(self.acting, max_prompt_tokens=limit)
         self.rl = rl if isinstance(rl, RLSettings) else RLSettings(**(rl or {}))
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None
@@ -371,6 +374,7 @@ class RLFTModule(LMModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.rl.algorithm == "ppo":
             # PPO takes a varying number of optimizer steps per rollout batch, so Lightning's
             # global step jumps (6, 12, 18, ...): every_n_train_steps > 1 would skip most saves.

@@ -468,3 +468,14 @@ def test_sft_resumed_in_the_middle_of_an_epoch_continues_it(taxi_data: Path, tmp
     assert first.batches + second.batches == whole.batches
     assert first.losses + second.losses == whole.losses
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True))
+
+
+def test_prompt_limits_are_capped_at_the_model_positions() -> None:
+    """Past its positions GPT-2 raises an IndexError mid-run: the limit is capped, prompts are
+    cut from the left to fit."""
+    module = ReflectionSFTModule(tiny_backbone(max_positions=64), max_prompt_tokens=768)
+    assert module.max_prompt_tokens == 64
+    long_record = {"observation": "Taxi at (1, 2). " * 40, "reflection": "Go north."}
+    assert torch.isfinite(module._loss([long_record]))
+    policy = PolicySFTModule(tiny_backbone(max_positions=64), acting=ActingSettings(reflect=False))
+    assert policy.acting.max_prompt_tokens == 64
