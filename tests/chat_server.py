@@ -193,24 +193,20 @@ def _handler_for(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             elif mode == "empty_choices":
                 reply = completion_body("x", body, server.cost_per_token)
                 self.send_json(200, reply | {"choices": []})
-            elif mode == "drop":
+            elif mode in ("drop", "drip"):
                 data = json.dumps(completion_body(server.replier(body), body, server.cost_per_token)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(2)  # the rest never comes
-            elif mode == "drip":
-                data = json.dumps(completion_body(server.replier(body), body, server.cost_per_token)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
+                if mode == "drop":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # the rest never comes
+                    return
                 pieces = [data[i : i + 8] for i in range(0, len(data), 8)]
-                for piece in pieces:
+                for piece in pieces:  # each read is quick, the whole reply is slow
                     self.wfile.write(piece)
                     self.wfile.flush()
                     time.sleep(server.slow_seconds / len(pieces))
