@@ -7,6 +7,7 @@ makes text and this DataModule needs no tokenizer.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -20,6 +21,10 @@ from reflectrl.errors import ReflectRLError
 
 RecordKind = Literal["reflection", "policy", "plain"]
 _SCHEMAS = {"reflection": REFLECTION_FIELDS, "policy": POLICY_FIELDS, "plain": PLAIN_FIELDS}
+
+# Lightning warns on every mid-epoch resume of a loader without state_dict that results may be
+# unreliable; this one continues the epoch exactly (EpochShuffle.resume_at, tests/test_sft.py).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def _keep_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
