@@ -16,8 +16,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from reflectrl.agent import ActingSettings
 from reflectrl.backbone import BackboneConfig, LoraSettings, build_backbone, export_backbone, replace_config
 from reflectrl.errors import ReflectRLError
+from reflectrl.lm import max_positions
 
 log = logging.getLogger("reflectrl")
 TOKENIZER_KEY = "reflectrl_tokenizer_sha256"
@@ -101,14 +103,16 @@ class LMModule(pl.LightningModule):
     def prompt_limit(self, limit: int, key: str) -> int:
         """``limit`` capped at the model's positions (prompts are cut from the left to fit it):
         past them GPT-2 fails mid-run with an IndexError and Llama silently leaves its range."""
-        positions = next(
-            (int(v) for name in ("max_position_embeddings", "n_positions") if (v := getattr(self.model.config, name, None))),
-            None,
-        )
+        positions = max_positions(self.model)
         if positions is not None and limit > positions:
             log.info("%s: %d tokens is more than the model's %d positions: using %d", key, limit, positions, positions)
             return positions
         return limit
+
+    def acting_within_positions(self, acting: ActingSettings) -> ActingSettings:
+        """``acting`` with its ``max_prompt_tokens`` capped by :meth:`prompt_limit`."""
+        limit = self.prompt_limit(acting.max_prompt_tokens, "model.init_args.acting.max_prompt_tokens")
+        return dataclasses.replace(acting, max_prompt_tokens=limit)
 
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -53,8 +52,7 @@ class PolicySFTModule(LMModule):
         """
         super().__init__(backbone, lr, weight_decay, warmup_steps, min_lr_ratio, export_dir)
         self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
-        limit = self.prompt_limit(self.acting.max_prompt_tokens, "model.init_args.acting.max_prompt_tokens")
-        self.acting = dataclasses.replace(self.acting, max_prompt_tokens=limit)
+        self.acting = self.acting_within_positions(self.acting)
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None
         # Choice metrics on held-out records, per phase: `validate`/`fit` log val/*, and `test`

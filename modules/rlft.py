@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -130,8 +129,7 @@ class RLFTModule(LMModule):
         super().__init__(backbone, lr, weight_decay, 0, 1.0, export_dir)
         self.automatic_optimization = False
         self.acting = acting if isinstance(acting, ActingSettings) else ActingSettings(**(acting or {}))
-        limit = self.prompt_limit(self.acting.max_prompt_tokens, "model.init_args.acting.max_prompt_tokens")
-        self.acting = dataclasses.replace(self.acting, max_prompt_tokens=limit)
+        self.acting = self.acting_within_positions(self.acting)
         self.rl = rl if isinstance(rl, RLSettings) else RLSettings(**(rl or {}))
         self.reflector_config = as_backbone_config(reflector)
         self._reflector: tuple[Any, Any] | None = None

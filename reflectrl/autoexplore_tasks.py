@@ -163,6 +163,11 @@ class _Scan:
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _shown(folder: tuple[str, ...]) -> str:
+    """A folder as an error message names it: escaped like the env's listing, at most 200 chars."""
+    return ("/".join(display_name(name) for name in folder) or ".")[:200]
+
+
 @dataclass(frozen=True)
 class MinedTask:
     """One question with exactly one answer file."""
@@ -227,10 +232,9 @@ class TaskMiner:
         pending: list[tuple[str, ...]] = [()]
         while pending:
             folder = pending.pop()
-            where = "/".join(display_name(name) for name in folder) or "."
             if len(folder) > self.max_walk_depth:
                 raise ReflectRLError(
-                    f"autoexplore corpus: {sandbox.root}: folder {where[:200]} is more than "
+                    f"autoexplore corpus: {sandbox.root}: folder {_shown(folder)} is more than "
                     f"{self.max_walk_depth} levels deep; leave this repository out"
                 )
             try:
@@ -239,7 +243,7 @@ class TaskMiner:
                 continue
             if left_out:
                 raise ReflectRLError(
-                    f"autoexplore corpus: {sandbox.root}: folder {where[:200]} has more than "
+                    f"autoexplore corpus: {sandbox.root}: folder {_shown(folder)} has more than "
                     f"{sandbox.max_entries} entries; leave this repository out"
                 )
             for entry in entries:
@@ -266,23 +270,27 @@ class TaskMiner:
         # Folders that hold no file still count for the entry limit of deeper targets.
         return scan
 
-    def _unparsed_counts(self, root: str, scan: _Scan, names: set[str], sentences: set[str]) -> Counter[str]:
-        """How many unparsed files contain each candidate name (as a whole word) or sentence.
+    def _unparsed_counts(
+        self, root: str, scan: _Scan, names: set[str], sentences: set[str]
+    ) -> tuple[Counter[str], Counter[str]]:
+        """How many unparsed files contain each candidate name (as a whole word), and each
+        candidate sentence.
 
-        One file at a time, at most ``max_text_bytes`` each, so memory stays bounded.
+        One pass, one file at a time, at most ``max_text_bytes`` each, so memory stays bounded.
         """
-        counts: Counter[str] = Counter()
+        name_counts: Counter[str] = Counter()
+        sentence_counts: Counter[str] = Counter()
         if not scan.unparsed or not (names or sentences):
-            return counts
+            return name_counts, sentence_counts
         reader = Sandbox(root, hidden=self.hidden, visible_files=self.visible_files, max_read_bytes=self.max_text_bytes)
         for parts in scan.unparsed:
             view = reader.read_file(parts[:-1], parts[-1])
             if view.status != "text":
                 continue
-            counts.update(names.intersection(_WORD.findall(view.text)))
+            name_counts.update(names.intersection(_WORD.findall(view.text)))
             flat = " ".join(view.text.split())
-            counts.update(sentence for sentence in sentences if sentence in flat)
-        return counts
+            sentence_counts.update(sentence for sentence in sentences if sentence in flat)
+        return name_counts, sentence_counts
 
     def mine(self, root: str, repo: str, seed: int = 0, scan: _Scan | None = None) -> list[MinedTask]:
         """Single-answer questions about the tree at ``root``, in a deterministic order.
@@ -300,8 +308,9 @@ class TaskMiner:
         # A name or sentence also found in a file that does not parse is not unique either.
         unique_names = {name for name, count in definers.items() if count == 1}
         unique_sentences = {sentence for sentence, count in summary_count.items() if count == 1}
-        definers.update(self._unparsed_counts(root, scan, unique_names, set()))
-        summary_count.update(self._unparsed_counts(root, scan, set(), unique_sentences))
+        in_unparsed_names, in_unparsed_sentences = self._unparsed_counts(root, scan, unique_names, unique_sentences)
+        definers.update(in_unparsed_names)
+        summary_count.update(in_unparsed_sentences)
         tasks: list[MinedTask] = []
         for facts in files:
             depth = len(facts.parts) - 1

@@ -51,6 +51,7 @@ from reflectrl.data import (
     validate_record,
     write_jsonl,
 )
+from reflectrl.datamodules.episodes import make_env
 from reflectrl.errors import ReflectRLError
 from reflectrl.prompts import sanitize_line
 from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher, TeacherError
@@ -299,10 +300,10 @@ class DataGenerator:
         self._check_output(output)
         prepared = self.prepare.prepare(self.seed) if self.prepare is not None else Prepared()
         env_kwargs = self.env_kwargs | prepared.env_kwargs
-        env = self._make_env(env_kwargs)
+        env = make_env(self.env_id, env_kwargs, "env_kwargs")
         # Negative examples continue after the wrong action, so they need crashes that only
         # penalise.
-        safe_env = self._make_env(env_kwargs | {"dangerous": False})
+        safe_env = make_env(self.env_id, env_kwargs | {"dangerous": False}, "env_kwargs")
         try:
             decisions, stats = self._collect(env, safe_env)
         finally:
@@ -338,13 +339,6 @@ class DataGenerator:
         return summary
 
     # ---------------------------------------------------------------------------- episodes
-    def _make_env(self, kwargs: dict[str, Any]) -> gymnasium.Env:
-        try:
-            return gymnasium.make(self.env_id, **kwargs)
-        except (gymnasium.error.Error, TypeError, ValueError) as error:
-            shown = {key: ("[...]" if key == "tasks" else value) for key, value in kwargs.items()}
-            raise ReflectRLError(f"generate: cannot make env {self.env_id!r} with {shown}: {error}") from None
-
     def _reset(self, env: gymnasium.Env, seed: int, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         try:
             return env.reset(seed=seed, options=dict(options))

@@ -101,7 +101,8 @@ def _logits_kwargs(model: nn.Module, keep: int) -> dict[str, Any]:
     return {"logits_to_keep": keep} if "logits_to_keep" in params else {}
 
 
-def _max_positions(model: nn.Module) -> int | None:
+def max_positions(model: nn.Module) -> int | None:
+    """The model's position limit (``max_position_embeddings`` / ``n_positions``), None if unknown."""
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)
@@ -561,7 +562,7 @@ def generate_reflections(
     if max_new_tokens < 1:
         return [""] * len(prompts)
     device = _device_of(model)
-    limit = max_length if max_length is not None else _max_positions(model)
+    limit = max_length if max_length is not None else max_positions(model)
     prefix = _special_prefix(tokenizer)
     rows = []
     for ids in _encode(tokenizer, prompts):
