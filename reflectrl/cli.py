@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 import subprocess
 import sys
 import zipfile
@@ -31,7 +30,7 @@ import reflectrl.envs  # noqa: F401
 import reflectrl.modules  # noqa: F401
 from reflectrl.backbone import BackboneError
 from reflectrl.data import DataError
-from reflectrl.errors import ReflectRLError
+from reflectrl.errors import ReflectRLError, UsageError, config_file_problem, summarize_parse_error
 
 log = logging.getLogger("reflectrl")
 
@@ -166,39 +165,6 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def summarize_parse_error(message: str) -> str:
-    """One line naming the offending config key, from jsonargparse's nested multi-line report.
-
-    jsonargparse explains a bad ``model``/``data`` value by walking the Union of subclasses
-    (and the ``None`` alternative); the user only needs the key path and the reason.
-    """
-    path: list[str] = []
-    detail = ""
-    for raw in message.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        key = re.match(r'Parser key "([^"]+)":?\s*(.*)', line)
-        if key:
-            path.append(key.group(1))
-            detail = key.group(2)
-            if detail:
-                break
-            continue
-        if re.match(r"- Problem with given class_path '([^']+)'", line):
-            path.append("init_args")
-            continue
-        if line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")):
-            continue
-        detail = line.lstrip("- ")
-        break
-    unknown = re.match(r"Option '([^']+)' is not accepted", detail)
-    if unknown:
-        return f"unknown config key '{'.'.join([*path, unknown.group(1)])}'"
-    where = f"config key '{'.'.join(path)}': " if path else ""
-    return where + (detail or " ".join(message.split()))
-
-
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``reflectrl`` console script (and of ``python -m reflectrl``)."""
     argv = list(sys.argv[1:] if args is None else args)  # type: ignore[arg-type]
@@ -222,7 +188,11 @@ def main(args: ArgsType = None) -> None:
             args=args,  # None: LightningCLI reads sys.argv itself
         )
     except jsonargparse.ArgumentError as error:
-        print(f"reflectrl: error: {summarize_parse_error(str(error))}", file=sys.stderr)
+        detail = config_file_problem(argv) if "Problems parsing config" in str(error) else None
+        print(f"reflectrl: error: {detail or summarize_parse_error(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except UsageError as error:
+        print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except USER_ERRORS as error:
         print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)

@@ -52,7 +52,7 @@ from reflectrl.data import (
     write_jsonl,
 )
 from reflectrl.datamodules.episodes import make_env
-from reflectrl.errors import ReflectRLError
+from reflectrl.errors import ReflectRLError, UsageError, config_file_problem, summarize_parse_error
 from reflectrl.prompts import sanitize_line
 from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher, TeacherError
 
@@ -770,8 +770,8 @@ def build_parser() -> Any:
 def generate_main(args: list[str] | None = None) -> None:
     """``reflectrl generate``: parse ``--config FILE`` and overrides, then run the generator.
 
-    Problems with the options raise :class:`ReflectRLError` with a one-line message (an unknown
-    key: ``generate: Option 'bogus' is not accepted``); ``--help`` and ``--print_config`` print
+    Problems with the options raise :class:`UsageError` with a one-line message (an unknown
+    key: ``generate: Option 'bogus' is not accepted``; a YAML error names the file and line); ``--help`` and ``--print_config`` print
     and exit as usual. Returns None (so a console script's exit status stays 0).
     """
     from argparse import ArgumentError
@@ -783,7 +783,8 @@ def generate_main(args: list[str] | None = None) -> None:
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
         objects = instantiate(config)
     except ArgumentError as error:
-        raise ReflectRLError(f"generate: {' '.join(str(error).split())}") from None
+        detail = config_file_problem(args) or summarize_parse_error(str(error))
+        raise UsageError(f"generate: {detail}") from None
     names = [name for name in inspect.signature(DataGenerator.__init__).parameters if name != "self"]
     generator = DataGenerator(**{name: objects[name] for name in names})
     summary = generator.run()

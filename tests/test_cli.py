@@ -299,6 +299,28 @@ def test_an_abbreviated_key_is_not_taken_for_the_full_one(config_writer, capsys:
     assert "--overwrit" in line
 
 
+@pytest.mark.parametrize("command", ["fit", "generate"])
+def test_a_yaml_syntax_error_names_the_file_and_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jsonargparse says only "Problems parsing config", with ``"<unicode string>"`` as the place."""
+    good = REPO / "configs" / ("taxi_data.yaml" if command == "generate" else "taxi_policy_sft.yaml")
+    broken = tmp_path / "override.yaml"
+    broken.write_text("trainer:\n  max_steps: 3\n  callbacks: [1, 2\n")
+    capsys.readouterr()
+    assert run_main([command, "--config", str(good), f"--config={broken}"]) == 2
+    line = one_error_line([command, "--config", str(good), "--config", str(broken)], capsys)
+    assert f"config file '{broken}', line 4, column 1: YAML syntax error" in line, line
+
+
+def test_generate_parse_errors_exit_2_like_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    data_config = str(REPO / "configs" / "taxi_data.yaml")
+    for args in (["--bogus", "1"], ["--episodes", "x"], ["--config", "no/such.yaml"]):
+        capsys.readouterr()
+        assert run_main(["generate", "--config", data_config, *args]) == 2, args
+    assert run_main(["fit", "--config", "no/such.yaml"]) == 2
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
