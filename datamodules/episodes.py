@@ -7,7 +7,7 @@ its ``test_step``/``validation_step`` (see ``reflectrl.rollout.play_episodes``).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +29,29 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], key: str) -> gym.Env:
         raise ReflectRLError(f"config key '{key}': cannot make env {env_id!r}: {message}") from None
 
 
-def check_env(env_id: str, env_kwargs: dict[str, Any], key: str) -> None:
-    """Make and close one env (see :func:`make_env`) with every global RNG left as it was, so the
-    check changes no later random draw of the run."""
+def check_env(
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    key: str,
+    resets: Sequence[tuple[dict[str, Any], str]] = (),
+) -> None:
+    """Make one env (see :func:`make_env`), reset it once with each ``(options, key)`` of
+    ``resets`` (a stage or split the env does not know is a one-line error naming that key), and
+    close it, with every global RNG left as it was, so the check changes no later random draw."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         try:
-            make_env(env_id, env_kwargs, key).close()
+            env = make_env(env_id, env_kwargs, key)
+            try:
+                for options, options_key in resets:
+                    try:
+                        env.reset(seed=0, options=options)
+                    except ValueError as error:
+                        shown = ", ".join(f"{name} {value!r}" for name, value in options.items())
+                        message = " ".join(str(error).split())
+                        raise ReflectRLError(f"config key '{options_key}' ({shown}): {message}") from None
+            finally:
+                env.close()
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
@@ -61,6 +77,10 @@ class EnvEvalConfig:
     """Seeds of the episodes are seed, seed+1, ... (the same for every stage)."""
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise ReflectRLError(
+                "config key 'stages' of an evaluation (data.init_args.validation or .evaluation): must list a stage"
+            )
         for name in ("episodes", "batch_size"):
             if getattr(self, name) < 1:
                 raise ReflectRLError(
@@ -104,8 +124,11 @@ class EpisodeBatches:
         return self._envs
 
     def check(self) -> None:
-        """Make (and close) one env, so a bad config fails before training, not after it."""
-        check_env(self.config.env_id, self.config.env_kwargs, f"{self.key}.env_kwargs")
+        """Make one env and reset it in each stage, so a bad config (env arguments, a stage or
+        split the env does not know) fails before training, not after it."""
+        cfg = self.config
+        resets = [({"stage": stage, "split": cfg.split}, f"{self.key}.stages") for stage in cfg.stages]
+        check_env(cfg.env_id, cfg.env_kwargs, f"{self.key}.env_kwargs", resets)
 
     def __iter__(self) -> Iterator[EpisodeBatch]:
         cfg = self.config

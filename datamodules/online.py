@@ -117,10 +117,17 @@ class OnlineEnvDataModule(pl.LightningDataModule):
         # Make one env of each kind up front, so a bad env config fails before any training time
         # is spent (the evaluation's would fail only after fit, when evaluate_after_fit plays it).
         if stage == "fit":
-            check_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs")
+            start = ({"stage": self.stage, "split": self.split}, "data.init_args")
+            check_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs", [start])
             for config, key in ((self.validation, "data.init_args.validation"), (self.evaluation, "data.init_args.evaluation")):
                 if config is not None:
                     EpisodeBatches(config, key).check()
+
+    def check_stages(self, stages: list[str], key: str) -> None:
+        """Reset one env in each of ``stages`` (this split): a curriculum naming a stage the env
+        does not know fails at fit start, not when the schedule reaches it."""
+        resets = [({"stage": stage, "split": self.split}, key) for stage in stages]
+        check_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs", resets)
 
     def envs(self) -> list[gym.Env]:
         if self._envs is None:

@@ -12,6 +12,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from reflectrl.errors import ReflectRLError
+
+CALLBACK_KEY = "trainer.callbacks (CurriculumCallback)"
+
 
 class CurriculumCallback(pl.Callback):
     """Advance through ``stages`` on a fixed schedule or when the stage's success passes a bar."""
@@ -40,18 +44,23 @@ class CurriculumCallback(pl.Callback):
                 ``episodes_per_batch``, they set the fewest episodes a rate is judged on.
         """
         self.stages = list(stages or ["pickup", "dropoff", "full"])
-        if mode not in ("schedule", "threshold"):
-            raise ValueError(f"CurriculumCallback mode must be 'schedule' or 'threshold', got {mode!r}")
         self.mode = mode
         self.schedule = list(schedule or [])
         self.thresholds = list(thresholds or [0.9] * (len(self.stages) - 1))
-        needed = len(self.stages) - 1
-        if mode == "schedule" and len(self.schedule) != needed:
-            raise ValueError(f"CurriculumCallback schedule needs {needed} entries, got {len(self.schedule)}")
-        if mode == "threshold" and len(self.thresholds) != needed:
-            raise ValueError(f"CurriculumCallback thresholds needs {needed} entries, got {len(self.thresholds)}")
         self.window = window
         self.min_rollouts = min_rollouts
+        needed = len(self.stages) - 1
+        problem = None
+        if mode not in ("schedule", "threshold"):
+            problem = f"mode must be 'schedule' or 'threshold', got {mode!r}"
+        elif mode == "schedule" and (len(self.schedule) != needed or min(self.schedule, default=0) < 0):
+            problem = f"schedule needs {needed} entries >= 0 (one per stage but the last), got {self.schedule}"
+        elif mode == "threshold" and (len(self.thresholds) != needed or not all(0 <= t <= 1 for t in self.thresholds)):
+            problem = f"thresholds needs {needed} entries in [0, 1] (one per stage but the last), got {self.thresholds}"
+        elif window < 1 or min_rollouts < 1:
+            problem = f"window and min_rollouts must be >= 1, got {window} and {min_rollouts}"
+        if problem is not None:
+            raise ReflectRLError(f"config key '{CALLBACK_KEY}': {problem}")
         self.stage_index = 0
         self.rollouts_in_stage = 0
         self.recent: deque[float] = deque(maxlen=window)
@@ -64,6 +73,12 @@ class CurriculumCallback(pl.Callback):
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "stage"):
             datamodule.stage = self.stage
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A stage the env does not know fails now, not when the schedule reaches it.
+        check_stages = getattr(trainer.datamodule, "check_stages", None)
+        if stage == "fit" and check_stages is not None:
+            check_stages(self.stages, f"{CALLBACK_KEY}.stages")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._push(trainer)

@@ -11,8 +11,8 @@ adds to the ``openai`` client (whose own retries are switched off, so that one p
   as failed: it is never returned as data.
 - **Fatal errors** (HTTP 401/403/404: a bad key, no such model or endpoint) stop the whole batch
   at once: every other request would fail the same way.
-- **A disk cache** keyed by a hash of the full request (model, messages, parameters; not the key,
-  not the URL), one file per reply, written atomically: a rerun never pays twice.
+- **A disk cache** keyed by a hash of the full request (model, messages, parameters) and the
+  endpoint URL (not the key), one file per reply, written atomically: a rerun never pays twice.
 - **Accounting**: requests, cache hits, retries, failures, tokens and (where the server reports
   it, e.g. ``usage.cost``) cost; a tqdm bar on a terminal shows them live.
 
@@ -122,8 +122,12 @@ class ChatRequest:
             **dict(self.params),
         }
 
-    def key(self, model: str) -> str:
-        canonical = json.dumps(self.payload(model), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    def key(self, model: str, endpoint: str = "") -> str:
+        """Cache key: the request body and the endpoint. Two servers may serve different models
+        under one name (vLLM's ``--served-model-name``), so one's replies must not stand in for
+        the other's."""
+        fields = {**self.payload(model), "endpoint": endpoint}
+        canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -412,7 +416,7 @@ class ChatClient:
         results: list[ChatResult | None] = [None] * len(requests)
         todo: dict[str, list[int]] = {}  # identical requests are sent once
         for index, request in enumerate(requests):
-            todo.setdefault(request.key(self.settings.model), []).append(index)
+            todo.setdefault(request.key(self.settings.model, self.base_url), []).append(index)
         pending: dict[str, ChatRequest] = {}
         for key, indices in todo.items():
             cached = self._from_cache(key, validate)

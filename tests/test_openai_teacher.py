@@ -187,9 +187,11 @@ def test_teacher_identity_records_changed_forbidden_words() -> None:
     assert changed != default and "forbidden_words=['north']" in changed
 
 
-def test_cache_key_covers_the_request_but_not_the_key_or_url() -> None:
+def test_cache_key_covers_the_request_and_the_endpoint() -> None:
     request = one_request()
     assert request.key("m") == one_request().key("m")
+    # two servers may serve different models under one name
+    assert request.key("m", "http://a:8000/v1") != request.key("m", "http://b:8000/v1")
     assert request.key("m") != request.key("other-model")
     assert request.key("m") != ChatRequest.of([("user", "hello")], {"temperature": 0.5, "max_tokens": 50}).key("m")
     assert request.key("m") != one_request("hello!").key("m")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -620,12 +621,49 @@ def test_curriculum_state_is_primitive_and_round_trips() -> None:
 
 
 def test_curriculum_rejects_bad_settings() -> None:
-    with pytest.raises(ValueError, match="mode"):
+    """One-line user errors naming the callback (the CLI reports them as such, not a traceback)."""
+    where = "config key 'trainer.callbacks (CurriculumCallback)': "
+    with pytest.raises(ReflectRLError, match=re.escape(where) + "mode"):
         CurriculumCallback(mode="linear")
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ReflectRLError, match="schedule needs 2 entries"):
         CurriculumCallback(stages=["a", "b", "c"], mode="schedule", schedule=[1])
-    with pytest.raises(ValueError, match="thresholds"):
+    with pytest.raises(ReflectRLError, match="schedule needs 2 entries >= 0"):
+        CurriculumCallback(stages=["a", "b", "c"], mode="schedule", schedule=[1, -1])
+    with pytest.raises(ReflectRLError, match="thresholds needs 1 entries"):
         CurriculumCallback(stages=["a", "b"], mode="threshold", thresholds=[0.5, 0.5])
+    with pytest.raises(ReflectRLError, match=r"in \[0, 1\]"):
+        CurriculumCallback(stages=["a", "b"], mode="threshold", thresholds=[90])
+    with pytest.raises(ReflectRLError, match="window and min_rollouts"):
+        CurriculumCallback(stages=["a", "b"], mode="threshold", window=0)
+
+
+@pytest.mark.parametrize(
+    ("place", "expected"),
+    [
+        ("datamodule", "config key 'data.init_args' (stage 'dropof', split 'train'): stage must be one of"),
+        ("curriculum", "config key 'trainer.callbacks (CurriculumCallback).stages' (stage 'dropof', split 'train')"),
+        ("evaluation", "config key 'data.init_args.evaluation.stages' (stage 'dropof', split 'test')"),
+        ("validation", "config key 'data.init_args.validation.stages' (stage 'dropof', split 'val')"),
+    ],
+)
+def test_a_stage_the_env_does_not_know_fails_before_training(
+    place: str, expected: str, players: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Not when the schedule reaches the stage, nor after fit when the evaluation plays it."""
+    datamodule = make_datamodule(stage="dropof" if place == "datamodule" else "pickup")
+    bad = EnvEvalConfig(stages=["pickup", "dropof"], split="test", episodes=2, batch_size=2)
+    if place == "evaluation":
+        datamodule.evaluation = bad
+    if place == "validation":
+        datamodule.validation = EnvEvalConfig(stages=["pickup", "dropof"], split="val", episodes=2, batch_size=2)
+    stages = ["pickup", "dropof", "full"] if place == "curriculum" else ["pickup", "dropoff", "full"]
+    curriculum = CurriculumCallback(stages=stages, mode="schedule", schedule=[5, 5])
+    module = make_module(players, reflect=False)
+    trainer = make_trainer(tmp_path, batches=1, callbacks=[curriculum])
+    with pytest.raises(ReflectRLError) as caught:
+        trainer.fit(module, datamodule)
+    assert expected in str(caught.value)
+    assert module.rollouts_done == 0
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
