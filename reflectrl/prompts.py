@@ -168,8 +168,37 @@ def chat_messages(instruction: str, prompt: str) -> list[tuple[str, str]]:
     return [("system", instruction), ("user", prompt)]
 
 
-def _normalise(text: str) -> str:
-    return " ".join(sanitize_line(text).lower().strip(" \t*_`'\".!").split())
+def _normalise(text: str, fold_case: bool = True) -> str:
+    text = sanitize_line(text)
+    return " ".join((text.lower() if fold_case else text).strip(" \t*_`'\".!").split())
+
+
+def _same_but_case(reply: str, indices: list[int], valid_actions: Sequence[str], whole: bool) -> int | None:
+    """Which of ``indices`` (actions whose texts are equal once case-folded) the reply names.
+
+    Case-folding lets "Go EAST!" name "go east", but two actions can differ in case alone:
+    AutoExplore lists file names as they are, and a folder may hold both ``README.md`` and
+    ``readme.md``. The reply's own case then decides: an action it spells exactly, else the one
+    its spelling is closest to (most characters in the same case); a tie, or exact spellings of
+    two of them, names none. Actions that also agree in case look the same in the prompt, so
+    nothing in a reply can tell them apart: the first is taken, as for any single match.
+    """
+    cased = {i: _normalise(valid_actions[i], fold_case=False) for i in indices}
+    if len(set(cased.values())) == 1:
+        return min(indices)
+    text = _normalise(reply, fold_case=False)
+    exact: set[str] = set()
+    closeness: dict[int, int] = {}
+    for i in indices:
+        pattern = re.compile(rf"(?<!\w){re.escape(cased[i])}(?!\w)", re.IGNORECASE)
+        spans = [text] if whole else [m.group(0) for m in pattern.finditer(text)]
+        exact.update(cased[i] for span in spans if span == cased[i])
+        closeness[i] = max((sum(a == b for a, b in zip(span, cased[i], strict=False)) for span in spans), default=-1)
+    if exact:
+        return min(i for i in indices if cased[i] in exact) if len(exact) == 1 else None
+    best = max(closeness.values())
+    closest = [i for i in indices if closeness[i] == best]
+    return closest[0] if len({cased[i] for i in closest}) == 1 else None
 
 
 def parse_choice(reply: str, valid_actions: Sequence[str]) -> int | None:
@@ -177,7 +206,8 @@ def parse_choice(reply: str, valid_actions: Sequence[str]) -> int | None:
 
     In order: a label at the start (``3``, ``3.``, ``**3**``, ``Choice: 3``, ``(3) go east``; out of
     range -> None); the reply being exactly one action's text; the reply mentioning exactly one
-    action's text (a text inside a longer matching one does not count separately).
+    action's text (a text inside a longer matching one does not count separately). Texts match
+    case-folded; actions that differ in case alone are told apart by the reply's case.
     """
     label = _LEADING_LABEL.match(reply)
     if label:
@@ -186,7 +216,7 @@ def parse_choice(reply: str, valid_actions: Sequence[str]) -> int | None:
     text = _normalise(reply)
     names = [_normalise(action) for action in valid_actions]
     if text in names:
-        return names.index(text)
+        return _same_but_case(reply, [i for i, name in enumerate(names) if name == text], valid_actions, whole=True)
     mentioned = {
         index for index, name in enumerate(names) if name and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)
     }
@@ -194,5 +224,5 @@ def parse_choice(reply: str, valid_actions: Sequence[str]) -> int | None:
     longest = {i for i in mentioned if not any(names[i] != names[j] and names[i] in names[j] for j in mentioned)}
     distinct = {names[i] for i in longest}
     if len(distinct) == 1:
-        return min(longest)
+        return _same_but_case(reply, sorted(longest), valid_actions, whole=False)
     return None

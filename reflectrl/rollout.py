@@ -12,6 +12,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from reflectrl.errors import ReflectRLError
+
 
 @dataclass
 class Decision:
@@ -92,6 +94,8 @@ def play_episodes(
     for _ in range(max_steps):
         if not live:
             break
+        for i in live:
+            _check_actions(envs[i], episodes[i], observations[i], infos[i])
         decisions = decide([observations[i] for i in live], [list(infos[i]["valid_actions"]) for i in live])
         still_live = []
         for i, decision in zip(live, decisions, strict=True):
@@ -108,3 +112,17 @@ def play_episodes(
                 still_live.append(i)
         live = still_live
     return episodes
+
+
+def _check_actions(env: gym.Env, episode: Episode, observation: str, info: dict[str, Any]) -> None:
+    """A running episode must offer an action: with none, no agent can choose (the scorer, the
+    sampler and a chat baseline's random fallback each fail with an error that names no env), and
+    stepping anyway would only repeat an invalid command until the horizon. AutoExplore gets here
+    when the root cannot be listed or lists nothing it can act on (a tree changed after the task
+    check, or ``check_targets=False``)."""
+    if not info.get("valid_actions"):
+        name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        raise ReflectRLError(
+            f"env {name} (seed {episode.seed}, stage {episode.stage!r}) offers no valid action at step "
+            f"{episode.length} of a running episode; observation: {' '.join(observation.split())[:160]}"
+        )

@@ -249,3 +249,25 @@ def test_a_bad_tasks_file_fails_the_datamodule_setup_in_one_line(tmp_path: Path)
     outside.write_text(json.dumps({"question": "q?", "targets": ["../secret.py"], "root": str(root)}) + "\n")
     with pytest.raises(ReflectRLError, match=r"'data.init_args.env_kwargs'"):
         OnlineEnvDataModule(env_id=ENV_ID, env_kwargs={"tasks_file": str(outside)}, stage="all").setup("fit")
+
+
+def test_a_running_episode_without_valid_actions_is_a_one_line_error(tmp_path: Path) -> None:
+    # A root that lists only a link offers no command (reachable with check_targets=False, or a
+    # tree changed after the check): the rollout names the env instead of the scorer's bare error.
+    from reflectrl.errors import ReflectRLError
+    from reflectrl.rollout import Decision, play_episodes
+
+    root = tmp_path / "links_only"
+    root.mkdir()
+    (root / "target.py").symlink_to(tmp_path / "elsewhere.py")
+    task = {"question": "Which file?", "targets": ["target.py"], "split": "train"}
+    env = gymnasium.make(ENV_ID, root=str(root), tasks=[task], check_targets=False)
+    decided: list[int] = []
+
+    def decide(observations: list[str], valid_actions: list[list[str]]) -> list[Decision]:
+        decided.append(len(observations))
+        return [Decision(action=0) for _ in observations]
+
+    with pytest.raises(ReflectRLError, match=r"AutoExplore-v0 \(seed 3, stage 'all'\) offers no valid action at step 0"):
+        play_episodes([env], [3], {"stage": "all"}, decide)
+    assert not decided  # the agent was never asked to choose from nothing

@@ -55,6 +55,32 @@ def test_a_longer_action_text_wins_over_a_part_of_it() -> None:
     assert prompts.parse_choice("move north east", ["move north", "move north east"]) == 1
 
 
+CASED = ["cd docs", "cat README.md", "cat readme.md", "id README.md", "id readme.md"]
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("cat readme.md", 2),  # case-folded, both match: the reply's own case decides
+        ("cat README.md", 1),
+        ("I will run `id readme.md` now.", 4),
+        ("Cat readme.md", 2),  # no exact spelling: the closest one
+        ("CAT README.MD", 1),
+        ("cat README.md, not cat readme.md", None),  # both spelled exactly: ambiguous
+        ("cat ReAdMe.md", None),  # as close to both: ambiguous
+        ("CD DOCS", 0),  # no case twin: case-folding as before
+    ],
+)
+def test_actions_differing_only_in_case_are_told_apart_by_the_reply(reply: str, expected: int | None) -> None:
+    # AutoExplore lists names as they are: README.md and readme.md can share a folder.
+    assert prompts.parse_choice(reply, CASED) == expected
+
+
+def test_actions_that_look_the_same_take_the_first() -> None:
+    # Listed the same in the prompt (sanitize_line collapses the spaces): nothing tells them apart.
+    assert prompts.parse_choice("go north", ["go  north", "go north"]) == 0
+
+
 def scripted_replier(body: dict[str, Any]) -> str:
     """Answers by the observation's first line: a label, an action text, or nonsense; and writes
     a reflection when asked for one."""
