@@ -452,7 +452,14 @@ class DataGenerator:
     @staticmethod
     def _is_safe(env: gymnasium.Env, action: int) -> bool:
         """``action`` neither ends the episode nor crashes (tried on a copy of the env)."""
-        trial = copy.deepcopy(env)
+        try:
+            trial = copy.deepcopy(env)
+        except (TypeError, ValueError, copy.Error) as error:  # e.g. ALFWorld's ctypes game state
+            name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+            raise ReflectRLError(
+                f"generate: wander_fraction > 0 needs an env that survives copy.deepcopy, and {name} does not "
+                f"({' '.join(str(error).split())}); set wander_fraction to 0 for it"
+            ) from None
         try:
             _, _, terminated, truncated, info = trial.step(action)
         finally:

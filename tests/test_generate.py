@@ -408,3 +408,23 @@ def test_wandering_episodes_record_only_oracle_steps_after_a_safe_walk(tmp_path:
     DataGenerator(episodes={"train": 12}, negatives_per_episode=1, output_dir=str(again), seed=3,
                   wander_fraction=1.0, wander_steps=4).run()
     assert (output / "policy_sft.train.jsonl").read_bytes() == (again / "policy_sft.train.jsonl").read_bytes()
+
+
+class UncopyableTaxi(gymnasium.Wrapper):
+    """DangerousTaxi holding state that ``copy.deepcopy`` refuses (as ALFWorld's ctypes game does)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import threading
+
+        super().__init__(gymnasium.make(TAXI, **kwargs))
+        self.lock = threading.Lock()
+
+
+def test_wandering_with_an_env_that_cannot_be_copied_is_a_one_line_error(tmp_path: Path) -> None:
+    if "reflectrl_test/UncopyableTaxi-v0" not in gymnasium.registry:
+        gymnasium.register("reflectrl_test/UncopyableTaxi-v0", entry_point=UncopyableTaxi)
+    generator = DataGenerator(env_id="reflectrl_test/UncopyableTaxi-v0", episodes={"train": 2},
+                              output_dir=str(tmp_path / "out"), wander_fraction=1.0, wander_steps=2)
+    with pytest.raises(ReflectRLError, match=r"wander_fraction > 0 needs an env that survives copy.deepcopy"):
+        generator.run()
+    assert not (tmp_path / "out").exists()
