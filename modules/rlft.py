@@ -157,6 +157,8 @@ class RLFTModule(LMModule):
         self.val_evaluation = EnvEvaluation("val")
         self.test_evaluation = EnvEvaluation("test")
         self.last_rollout: RolloutStats | None = None
+        # rollout/<stage>/* keys logged so far (see _stop_stale_stage_metrics)
+        self._stage_metric_keys: set[str] = set()
 
     # ------------------------------------------------------------------ players
     def reflector_model(self) -> tuple[Any, Any] | tuple[None, None]:
@@ -268,10 +270,28 @@ class RLFTModule(LMModule):
         }
         if self.cache is not None:
             metrics["charts/reflection_cache_hit_rate"] = self.cache.hit_rate()
+        self._stop_stale_stage_metrics({key for key in metrics if key.startswith(f"rollout/{stats.stage}/")})
         self.log_dict(metrics, batch_size=n)
         self.log("success", metrics["rollout/success_rate"], prog_bar=True, batch_size=n, logger=False)
         self.last_rollout = stats
         return {"successes": stats.successes, "stage": stats.stage}
+
+    def _stop_stale_stage_metrics(self, current: set[str]) -> None:
+        """Keep another stage's ``rollout/<stage>/*`` metrics out of this step's log.
+
+        Lightning sends every step metric logged earlier in the epoch to the loggers at each
+        later step, with its last value: after a curriculum switch the previous stage's curves
+        would get a stale point at every step until the epoch ends, and a run resumed after the
+        switch (which has not logged them this epoch) would log other values than the
+        uninterrupted run. Resetting their results drops them until the stage is played again.
+        """
+        stale = self._stage_metric_keys - current
+        results = getattr(self.trainer, "_results", None)  # no public way to drop a step metric
+        if stale and results is not None:
+            for result in results.values():
+                if result.meta.name in stale:
+                    result.reset()
+        self._stage_metric_keys |= current
 
     @torch.no_grad()
     def _reference_log_probs(self, prompts: list[str], choices: list[int | list[str]]) -> torch.Tensor | None:

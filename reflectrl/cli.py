@@ -102,6 +102,14 @@ class ReflectRLCLI(LightningCLI):
         # a file torch cannot read would end in a torch traceback (even advising weights_only=False).
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt == "last":
+            # LightningCLI re-applies a checkpoint's model hyper-parameters only for a file path, so
+            # `last` (resolved by the Trainer later) would build the model from the config instead:
+            # the run would train with the checkpoint's optimizer (lr included) but record and use
+            # the config's other settings. Name the file now, as the Trainer would pick it.
+            resolved = _newest_last_checkpoint(self.config[subcommand])
+            if resolved is not None:
+                ckpt = self.config[subcommand].ckpt_path = str(resolved)
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
             path = Path(ckpt)
             if path.is_dir():
@@ -158,6 +166,26 @@ class ReflectRLCLI(LightningCLI):
         config = self.config.get(self.subcommand)
         if config is not None and config.get("evaluate_after_fit") and not self.trainer.fast_dev_run:
             self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def _newest_last_checkpoint(config: jsonargparse.Namespace) -> Path | None:
+    """The file the Trainer resolves ``ckpt_path="last"`` to: the newest ``last*.ckpt`` in the
+    config's ModelCheckpoint folders (those with a ``dirpath``; a default folder is a new logger
+    version's, which holds none yet)."""
+    trainer = config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, jsonargparse.Namespace) else None
+    if isinstance(callbacks, jsonargparse.Namespace):
+        callbacks = [callbacks]
+    candidates: list[Path] = []
+    for callback in callbacks or []:
+        if not isinstance(callback, jsonargparse.Namespace) or not str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            continue
+        init_args = callback.get("init_args")
+        dirpath = init_args.get("dirpath") if isinstance(init_args, jsonargparse.Namespace) else None
+        if dirpath and Path(dirpath).is_dir():
+            # Lightning's pattern (ModelCheckpoint._find_last_checkpoints): a .ckpt whose name starts with "last"
+            candidates += [p for p in Path(dirpath).iterdir() if p.suffix == ".ckpt" and p.stem.startswith("last") and p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def _one_line(error: BaseException) -> str:

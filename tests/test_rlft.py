@@ -20,6 +20,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
+from conftest import run_main
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -380,6 +382,14 @@ def test_logged_metrics(reinforce_run: Run) -> None:
     assert reinforce_run.curriculum.stage == "full" and reinforce_run.datamodule.stage == "full"
 
 
+def test_per_stage_metrics_are_logged_only_at_the_stage_s_steps(reinforce_run: Run) -> None:
+    """Lightning re-sends a step metric logged earlier in the epoch at every later step: the
+    pickup curves must not go on (with their last value) through the dropoff batches."""
+    for step, record in reinforce_run.logger.records.items():
+        stages = {key.split("/")[1] for key in record if key.startswith("rollout/") and key.count("/") == 2}
+        assert stages == {reinforce_run.recorder.stages[step]}, (step, sorted(record))
+
+
 def test_checkpoint_is_lean_and_loads_weights_only(reinforce_run: Run) -> None:
     checkpoint = torch.load(reinforce_run.checkpoint_after(2), weights_only=True, map_location="cpu")
     keys = set(checkpoint["state_dict"])
@@ -405,10 +415,9 @@ def assert_resume_matches(run_a: Run, run_b: Run) -> None:
         a, b = comparable(records_a[step]), comparable(records_b[step])
         assert b["losses/policy"] == a["losses/policy"]  # exactly, not approximately
         assert b["rollout/success_rate"] == a["rollout/success_rate"]
-        # every metric the resumed run logged equals the uninterrupted run's (Lightning re-emits a
-        # key logged earlier in the epoch, e.g. rollout/pickup/* during dropoff, with its last value,
-        # so the uninterrupted run may hold more keys)
-        assert {k: a.get(k) for k in b} == b
+        # the resumed run logs exactly the uninterrupted run's metrics: no more keys (a stage's
+        # rollout/<stage>/* only at its own steps), no fewer, the same values
+        assert b == a
         assert f"rollout/{run_a.recorder.stages[step]}/return" in b
     assert run_b.trainer.global_step == run_a.trainer.global_step
     assert run_b.recorder.global_steps == run_a.recorder.global_steps[2:]
@@ -896,3 +905,39 @@ def test_acting_settings_reject_an_unknown_label_style() -> None:
     with pytest.raises(ValueError, match="list_actions=False needs labels='commands'"):
         ActingSettings(list_actions=False)
     assert ActingSettings(labels="commands", list_actions=False).choices(["cd ..", "cat a.py"]) == ["cd ..", "cat a.py"]
+
+
+def test_cli_resume_from_last_keeps_the_checkpoint_s_model_settings(players: SimpleNamespace, tmp_path: Path) -> None:
+    """``--ckpt_path last`` builds the model as an explicit ``--ckpt_path FILE`` does: from the
+    checkpoint's hyper-parameters (LightningCLI re-applies them only for a file path). Otherwise
+    the run trains with the checkpoint's optimizer (its lr) while recording the edited lr and
+    playing other episodes (seed)."""
+    checkpoints = tmp_path / "checkpoints"
+    config = {
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": 2, "limit_train_batches": 4, "logger": False,
+            "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [{
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(checkpoints), "save_last": True, "every_n_train_steps": 1, "save_top_k": 0},
+            }],
+        },
+        "model": {"class_path": "RLFTModule", "init_args": {
+            "backbone": {"name_or_path": players.policy},
+            "acting": {"reflect": False, "max_prompt_tokens": 512},
+            "lr": 3e-3, "seed": 7,
+        }},
+        "data": {"class_path": "OnlineEnvDataModule", "init_args": {
+            "env_kwargs": {"horizon": HORIZON}, "stage": "pickup", "episodes_per_batch": EPISODES, "seed": 3,
+        }},
+    }
+    path = tmp_path / "rlft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run_main(["fit", "--config", str(path)]) == 0
+    edited = ["--model.init_args.lr", "0.5", "--model.init_args.seed", "99", "--trainer.max_steps", "3"]
+    assert run_main(["fit", "--config", str(path), "--ckpt_path", "last", *edited]) == 0
+    checkpoint = torch.load(checkpoints / "last.ckpt", weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == 3 and checkpoint["reflectrl_rl"]["rollouts_done"] == 3
+    assert checkpoint["hyper_parameters"]["lr"] == 3e-3 and checkpoint["hyper_parameters"]["seed"] == 7
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 3e-3
