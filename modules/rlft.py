@@ -157,6 +157,9 @@ class RLFTModule(LMModule):
         self.val_evaluation = EnvEvaluation("val")
         self.test_evaluation = EnvEvaluation("test")
         self.last_rollout: RolloutStats | None = None
+        self._reflector_sha256: str | None = None
+        # (fingerprint, cache state) of a checkpoint being resumed, until on_train_start
+        self._saved_cache: tuple[str | None, dict[str, Any]] | None = None
         # rollout/<stage>/* keys logged so far (see _stop_stale_stage_metrics)
         self._stage_metric_keys: set[str] = set()
 
@@ -406,10 +409,30 @@ class RLFTModule(LMModule):
                     )
 
     def _cache_fingerprint(self) -> str:
-        """What the memoised reflections depend on besides their prompt (the key)."""
+        """What the memoised reflections depend on besides their prompt (the key): the reflector's
+        settings, its weights (a reflector retrained into the same folder writes other texts) and
+        the reflection length."""
         return json.dumps(
-            {"reflector": repr(self.reflector_config), "max_tokens": self.acting.reflection_max_tokens}, sort_keys=True
+            {
+                "reflector": repr(self.reflector_config),
+                "weights": self._reflector_digest(),
+                "max_tokens": self.acting.reflection_max_tokens,
+            },
+            sort_keys=True,
         )
+
+    def _reflector_digest(self) -> str | None:
+        """SHA-256 of the frozen reflector's tensors, computed once (None without a reflector)."""
+        if self._reflector_sha256 is None:
+            reflector, _ = self.reflector_model()
+            if reflector is None:
+                return None
+            digest = hashlib.sha256()
+            for name, tensor in reflector.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._reflector_sha256 = digest.hexdigest()
+        return self._reflector_sha256
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -428,9 +451,17 @@ class RLFTModule(LMModule):
         self.rollouts_done = int(state["rollouts_done"])
         self.baseline.load_state_dict(state["baseline"])
         if self.cache is not None and state["cache"] is not None:
-            saved = state.get("cache_fingerprint")
+            # Checked against this reflector in on_train_start: the fingerprint hashes its weights,
+            # and it must be built on the device the module is moved to after this hook.
+            self._saved_cache = (state.get("cache_fingerprint"), state["cache"])
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self._saved_cache is not None and self.cache is not None:
+            saved, cache_state = self._saved_cache
             if saved is not None and saved != self._cache_fingerprint():
-                # Another reflector or reflection length: the saved texts are not its output.
+                # Another reflector (weights, settings) or reflection length: not its output.
                 logger.warning("reflection cache in the checkpoint was made by another reflector setup: not loaded")
             else:
-                self.cache.load_state_dict(state["cache"])
+                self.cache.load_state_dict(cache_state)
+        self._saved_cache = None

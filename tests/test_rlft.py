@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -760,11 +761,31 @@ def test_a_checkpointed_cache_is_reused_only_by_the_same_reflector_setup(players
     assert checkpoint["reflectrl_rl"]["cache"]["prompts"]
     same = make_module(players, reflect=True)
     same.on_load_checkpoint(checkpoint)
+    same.on_train_start()  # where the saved cache is checked against the reflector (on its device)
     assert same.cache.entries == module.cache.entries
     # a longer reflection limit (or another reflector) writes other texts: the memo is not reused
     other = make_module(players, reflect=True, reflection_tokens=REFLECTION_TOKENS + 4)
     other.on_load_checkpoint(checkpoint)
+    other.on_train_start()
     assert not other.cache.entries and other.rollouts_done == module.rollouts_done
+
+
+def test_a_reflector_retrained_into_the_same_folder_does_not_reuse_the_cache(
+    players: SimpleNamespace, tmp_path: Path
+) -> None:
+    folder = tmp_path / "reflection"
+    shutil.copytree(players.reflection, folder)
+    module = make_module(SimpleNamespace(policy=players.policy, reflection=str(folder)), reflect=True)
+    module.rollout(RolloutRequest(make_datamodule("full")))
+    checkpoint: dict[str, Any] = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    # same path and settings, other weights (a new reflection SFT run exported over the old one)
+    retrained, tokenizer = build_backbone(BackboneConfig(**TINY, init_seed=99))
+    export_backbone(retrained, tokenizer, folder)
+    resumed = make_module(SimpleNamespace(policy=players.policy, reflection=str(folder)), reflect=True)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_train_start()
+    assert checkpoint["reflectrl_rl"]["cache"]["prompts"] and not resumed.cache.entries
 
 
 def test_ppo_refuses_a_checkpoint_cadence_it_would_skip(players: SimpleNamespace, tmp_path: Path) -> None:
