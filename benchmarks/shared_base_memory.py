@@ -10,6 +10,7 @@ process's peak RSS growth and the ratio, measured in one run. Target (issue 3): 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -44,7 +45,9 @@ print(json.dumps({"kib": after - before, "weight_bytes": sum(storages.values())}
 """
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    # No options: the parser gives `--help` (which would otherwise run the benchmark) and refuses typos.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(args)
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from reflectrl.backbone import build_byte_tokenizer

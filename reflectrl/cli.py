@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import jsonargparse
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # Imported so that short class names in YAML (``class_path: PolicySFTModule``) resolve.
@@ -34,7 +36,13 @@ from reflectrl.errors import ReflectRLError, UsageError, config_file_problem, su
 
 log = logging.getLogger("reflectrl")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ReflectRLError, DataError, BackboneError, FileNotFoundError)
+# MisconfigurationException: Lightning's own check of a Trainer value (``--trainer.max_steps -2``).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ReflectRLError, DataError, BackboneError, FileNotFoundError, MisconfigurationException
+)
+
+INTERRUPTED_STATUS = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a command that SIGINT stopped."""
 
 DESCRIPTION = (
     "Reflect-RL: two-player online RL fine-tuning of language models. Subcommands: fit, validate, "
@@ -217,11 +225,18 @@ def main(args: ArgsType = None) -> None:
         )
     except jsonargparse.ArgumentError as error:
         detail = config_file_problem(argv) if "Problems parsing config" in str(error) else None
-        print(f"reflectrl: error: {detail or summarize_parse_error(str(error))}", file=sys.stderr)
+        line = detail or summarize_parse_error(str(error))
+        if detail is None and re.search(r'"subcommand"|argument subcommand', str(error)):
+            line = f"{line.rstrip('.')} (or `reflectrl generate --config FILE` for teacher datasets)"
+        print(f"reflectrl: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     except UsageError as error:
         print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Ctrl-C: what was saved is said above (the generator's journal, Lightning's shutdown).
+        print("reflectrl: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_STATUS) from None
     except USER_ERRORS as error:
         print(f"reflectrl: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(1) from None

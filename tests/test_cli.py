@@ -426,3 +426,38 @@ def test_every_cpu_config_pins_one_thread() -> None:
         text = yaml.safe_load(config.read_text())
         if text.get("trainer", {}).get("accelerator") == "cpu":
             assert text.get("cpu_threads") == 1, config.name
+
+
+def test_a_bad_trainer_value_is_one_line(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Lightning's own check of a Trainer value (MisconfigurationException) is a user error too."""
+    config = config_writer("policy_sft_tiny")
+    line = one_error_line(["fit", "--config", str(config), "--trainer.max_steps", "-2"], capsys)
+    assert "max_steps" in line and "-2" in line
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"]])
+def test_a_missing_or_unknown_subcommand_names_generate(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_error_line(args, capsys)
+    assert "fit" in line and "reflectrl generate --config FILE" in line
+
+
+def test_ctrl_c_during_generate_is_one_line_and_status_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import reflectrl.generate
+
+    def interrupted(self: reflectrl.generate.DataGenerator) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reflectrl.generate.DataGenerator, "run", interrupted)
+    args = ["generate", "--config", str(REPO / "configs" / "taxi_data.yaml"), "--episodes", TINY_EPISODES,
+            "--output_dir", str(tmp_path / "data")]
+    capsys.readouterr()
+    try:
+        code = run_main(args)
+    except KeyboardInterrupt:  # escaping main would also stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
+    assert list(tmp_path.iterdir()) == []
