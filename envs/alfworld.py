@@ -525,16 +525,10 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
                 with preserved_argv():
                     self._plan_cache = list(self._pddl._pddl_state.replan(self._pddl._entity_infos))
                 self._searching = False
-                if self.expert == "search" and self._plan_cache:
-                    if not self._knows_way(self._plan_cache[0]):
-                        search = self._search_command()
-                        if search is not None:
-                            self._plan_cache, self._searching = [search], True
-                    elif self._fetches_unseen(self._plan_cache[0]):
-                        # A place the task names (the tool, the goal) is worth a look anyway, but
-                        # that the object hides there is not known yet: it is still a search, and
-                        # the teacher must not say "a mug waits at fridge 1" before it is opened.
-                        self._searching = True
+                if self.expert == "search" and self._plan_cache and not self._knows_way(self._plan_cache[0]):
+                    search = self._search_command()
+                    if search is not None:
+                        self._plan_cache, self._searching = [search], True
             else:
                 self._plan_cache = [c for c in self._state.get("extra.expert_plan", []) if c in self._actions][:1]
         return list(self._plan_cache)
@@ -564,27 +558,6 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         known_types = {self._game.parent_target.lower(), TOOL_OF_TASK.get(self._game.task_type, "").lower()}
         return place in self._observed or _type_of(place) in known_types
 
-    def _fetches_unseen(self, command: str) -> bool:
-        """``command`` goes, empty-handed, to a place not seen inside where a sought object lies."""
-        if not command.startswith("go to "):
-            return False
-        place = command.removeprefix("go to ")
-        if place in self._observed:
-            return False
-        facts = self._facts()
-        sought = self._sought_types()
-        if any(_type_of(name) in sought for name in facts["holds"]):
-            return False
-        return any(_type_of(name) in sought and at == place for name, at in facts["in"].items())
-
-    def _sought_types(self) -> set[str]:
-        """Object types the task sends the agent looking for (the object; for look tasks the lamp)."""
-        assert self._game is not None
-        sought = {self._game.object_target.lower()}
-        if self._game.task_type == "look_at_obj_in_light":
-            sought.add(self._game.toggle_target.lower())
-        return sought
-
     def _search_command(self) -> str | None:
         """The searching expert's move: open the closed receptacle here, else go to the first
         receptacle (in the order of the valid actions) whose inside has not been seen."""
@@ -592,7 +565,10 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         where = facts["location"]
         if where is not None and where not in self._observed and f"open {where}" in self._actions:
             return f"open {where}"
-        sought = self._sought_types()
+        assert self._game is not None
+        sought = {self._game.object_target.lower()}
+        if self._game.task_type == "look_at_obj_in_light":
+            sought.add(self._game.toggle_target.lower())
         unseen = [
             command.removeprefix("go to ")
             for command in self._actions
@@ -611,31 +587,19 @@ class ALFWorldEnv(gymnasium.Env[str, int]):
         """Mistakes worth teaching (negative examples): acting commands that do not serve the task.
 
         Left out: the harmless look/inventory/help/examine, and commands as good as the expert's
-        (anything done with another object of the target type, going where one lies). With the
-        search expert also the moves a search may make: going, empty-handed, to a place not seen
-        inside that can hold what the task seeks (the expert itself goes there when it searches).
+        (anything done with another object of the target type, going where one lies).
         """
         assert self._game is not None
         passive = ("look", "inventory", "help", "examine")
         target = self._game.object_target.lower()
         facts = self._facts()
         places = {recep for obj, recep in facts["in"].items() if _type_of(obj) == target}
-        sought = self._sought_types()
-        searching = self.expert == "search" and not any(_type_of(name) in sought for name in facts["holds"])
         wrong = []
         for index, command in enumerate(self._actions):
             words = command.split()
             if words[0] in passive or f" {target} " in f" {command} ":
                 continue
-            place = command.removeprefix("go to ")
-            if words[0] == "go" and place in places:
-                continue
-            if (
-                words[0] == "go"
-                and searching
-                and place not in self._observed
-                and facts["can_contain"].get(_type_of(place), set()) & sought
-            ):
+            if words[0] == "go" and command.removeprefix("go to ") in places:
                 continue
             wrong.append(index)
         return wrong
