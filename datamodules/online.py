@@ -117,8 +117,7 @@ class OnlineEnvDataModule(pl.LightningDataModule):
         # Make one env of each kind up front, so a bad env config fails before any training time
         # is spent (the evaluation's would fail only after fit, when evaluate_after_fit plays it).
         if stage == "fit":
-            start = ({"stage": self.stage, "split": self.split}, "data.init_args")
-            check_env(self.env_id, self.env_kwargs, "data.init_args.env_kwargs", [start])
+            self.check_stages([self.stage], "data.init_args")
             for config, key in ((self.validation, "data.init_args.validation"), (self.evaluation, "data.init_args.evaluation")):
                 if config is not None:
                     EpisodeBatches(config, key).check()
