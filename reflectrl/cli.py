@@ -60,10 +60,39 @@ class WarmupStep:
     """Arguments of ``reflectrl`` (e.g. ``[fit, --config, configs/taxi_policy_sft.yaml]``)."""
 
 
+def pending_warmup(steps: list[WarmupStep]) -> list[WarmupStep]:
+    """The steps whose output is missing, in order."""
+    return [step for step in steps if not Path(step.creates).exists()]
+
+
+def check_trainer_values(trainer_config: jsonargparse.Namespace | None) -> None:
+    """Build a throwaway Trainer from the config's plain Trainer values (accelerator, devices,
+    precision, max_steps, ...): a value Lightning refuses fails now, in one line, not after the
+    warm-up steps have spent minutes on data and SFT. Callbacks, loggers and other class specs
+    are left out: they are built with the real Trainer."""
+    if not isinstance(trainer_config, jsonargparse.Namespace):
+        return
+    plain = {
+        key: value for key, value in trainer_config.as_dict().items()
+        if not isinstance(value, dict) and not (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+    }
+    plain.update(logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    # The real Trainer prints the device summary; the throwaway one stays quiet.
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        pl.Trainer(**plain)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        raise ReflectRLError(f"config key 'trainer': {_one_line(error)}") from None
+    finally:
+        rank_zero.setLevel(level)
+
+
 def run_warmup(steps: list[WarmupStep]) -> None:
     """Run the missing warm-up steps in order, each as its own ``reflectrl`` process."""
     for step in steps:
-        if Path(step.creates).exists():
+        if Path(step.creates).exists():  # checked when its turn comes: an earlier step may have made it
             continue
         command = [sys.executable, "-m", "reflectrl", *step.args]
         log.info("warm-up: %s is missing, running `reflectrl %s`", step.creates, " ".join(step.args))
@@ -103,6 +132,8 @@ class ReflectRLCLI(LightningCLI):
             torch.set_num_threads(threads)
         if self.subcommand == "fit" and config is not None and config.get("warmup"):
             steps = [WarmupStep(**vars(s)) if not isinstance(s, WarmupStep) else s for s in config.warmup]
+            if pending_warmup(steps):
+                check_trainer_values(config.get("trainer"))
             run_warmup(steps)
 
     def _parse_ckpt_path(self) -> None:

@@ -69,8 +69,29 @@ def summarize_parse_error(message: str) -> str:
             continue
         detail = line.lstrip("- ")
         break
+    if detail.startswith("Expected a "):
+        detail = _expected_values(message) or detail
     unknown = re.match(r"Option '([^']+)' is not accepted", detail)
     if unknown:
         return f"unknown config key '{'.'.join([*path, unknown.group(1)])}'"
     where = f"config key '{'.'.join(path)}': " if path else ""
     return where + (detail or " ".join(message.split()))
+
+
+def _expected_values(message: str) -> str | None:
+    """"got 'bf17'; expected one of 64, 32, ..., null" from a Union whose every alternative is a
+    ``Literal`` or None (Lightning's ``precision``), instead of the first alternative's complaint."""
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE)
+    subtypes = re.search(r"^\s*Subtypes: \[(.*)\]$", message, re.MULTILINE)
+    if given is None or subtypes is None:
+        return None
+    choices: list[str] = []
+    for kind in re.findall(r"typing\.Literal\[[^\]]*\]|<class '[^']*'>|[^,\s][^,]*", subtypes.group(1)):
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
+        if literal:
+            choices += [choice.strip() for choice in literal.group(1).split(",")]
+        elif kind == "<class 'NoneType'>":
+            choices.append("null")
+        else:
+            return None  # a class or a plain type: the first complaint says more
+    return f"got {given.group(1).strip()!r}; expected one of {', '.join(dict.fromkeys(choices))}"

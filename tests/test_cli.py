@@ -435,6 +435,27 @@ def test_a_bad_trainer_value_is_one_line(config_writer, capsys: pytest.CaptureFi
     assert "max_steps" in line and "-2" in line
 
 
+def test_a_bad_trainer_value_fails_before_the_warm_up_runs(
+    config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The warm-up (data, both SFT stages) takes minutes: a Trainer value Lightning refuses must
+    fail before it starts, not when the RL Trainer is finally built."""
+    config = config_writer("policy_sft_tiny")
+    marker = tmp_path / "warm-up-ran"
+    step = {"creates": str(marker), "args": ["generate", "--config", str(tmp_path / "never-read.yaml")]}
+    args = ["fit", "--config", str(config), "--warmup", json.dumps([step]), "--trainer.strategy", "not-a-strategy"]
+    line = one_error_line(args, capsys)
+    assert "config key 'trainer'" in line and "not-a-strategy" in line
+    assert not marker.exists()
+
+
+def test_a_value_outside_a_literal_lists_the_allowed_ones(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
+    """jsonargparse's report on ``precision`` names only its first alternative (``int``)."""
+    line = one_error_line(["fit", "--config", str(config_writer("policy_sft_tiny")), "--trainer.precision", "bf17"], capsys)
+    assert "config key 'trainer.precision': got 'bf17'; expected one of" in line
+    assert "'bf16-mixed'" in line and "'32-true'" in line and "null" in line
+
+
 @pytest.mark.parametrize("args", [[], ["bogus"]])
 def test_a_missing_or_unknown_subcommand_names_generate(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     line = one_error_line(args, capsys)
