@@ -54,6 +54,7 @@ from reflectrl.data import (
 from reflectrl.datamodules.episodes import make_env
 from reflectrl.errors import ReflectRLError, UsageError, config_file_problem, summarize_parse_error
 from reflectrl.prompts import sanitize_line
+from reflectrl.rollout import env_name
 from reflectrl.teachers import Mistake, OfflineTeacher, ReflectionRequest, Teacher, TeacherError
 
 logger = logging.getLogger("reflectrl.generate")
@@ -455,9 +456,8 @@ class DataGenerator:
         try:
             trial = copy.deepcopy(env)
         except (TypeError, ValueError, copy.Error) as error:  # e.g. ALFWorld's ctypes game state
-            name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
             raise ReflectRLError(
-                f"generate: wander_fraction > 0 needs an env that survives copy.deepcopy, and {name} does not "
+                f"generate: wander_fraction > 0 needs an env that survives copy.deepcopy, and {env_name(env)} does not "
                 f"({' '.join(str(error).split())}); set wander_fraction to 0 for it"
             ) from None
         try:

@@ -114,6 +114,12 @@ def play_episodes(
     return episodes
 
 
+def env_name(env: gym.Env) -> str:
+    """The env's registered id (``reflectrl/AutoExplore-v0``) for error messages; its class name
+    when it was built without ``gymnasium.make``."""
+    return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+
+
 def _check_actions(env: gym.Env, episode: Episode, observation: str, info: dict[str, Any]) -> None:
     """A running episode must offer an action: with none, no agent can choose (the scorer, the
     sampler and a chat baseline's random fallback each fail with an error that names no env), and
@@ -121,8 +127,7 @@ def _check_actions(env: gym.Env, episode: Episode, observation: str, info: dict[
     when the root cannot be listed or lists nothing it can act on (a tree changed after the task
     check, or ``check_targets=False``)."""
     if not info.get("valid_actions"):
-        name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         raise ReflectRLError(
-            f"env {name} (seed {episode.seed}, stage {episode.stage!r}) offers no valid action at step "
+            f"env {env_name(env)} (seed {episode.seed}, stage {episode.stage!r}) offers no valid action at step "
             f"{episode.length} of a running episode; observation: {' '.join(observation.split())[:160]}"
         )
