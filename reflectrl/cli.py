@@ -188,6 +188,16 @@ class ReflectRLCLI(LightningCLI):
             folders = sorted({str(cb.dirpath) for cb in self.trainer.checkpoint_callbacks})
             raise ReflectRLError(f"--ckpt_path last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}")
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit:
+            # Lightning catches Ctrl-C inside fit/validate/test, shuts down gracefully and calls
+            # sys.exit(1): report it as the interruption it was (main prints one line, status 130).
+            if getattr(self, "trainer", None) is not None and self.trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+
     def before_validate(self) -> None:
         self._check_last_checkpoint()
 

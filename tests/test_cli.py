@@ -482,3 +482,30 @@ def test_ctrl_c_during_generate_is_one_line_and_status_130(
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_fit_is_one_line_and_status_130(
+    config_writer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lightning catches Ctrl-C inside the Trainer and exits with status 1 after its graceful
+    shutdown; the CLI must still report the interruption as one line and status 130."""
+    import signal
+
+    from reflectrl.modules.reflection_sft import ReflectionSFTModule
+
+    def interrupted(self: ReflectionSFTModule, batch: Any, batch_idx: int) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReflectionSFTModule, "training_step", interrupted)
+    config = config_writer("reflection_sft_tiny")
+    handler = signal.getsignal(signal.SIGINT)
+    capsys.readouterr()
+    try:
+        code = run_main(["fit", "--config", str(config)])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT during its shutdown
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
