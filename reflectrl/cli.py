@@ -151,6 +151,9 @@ class ReflectRLCLI(LightningCLI):
                 ckpt = self.config[subcommand].ckpt_path = str(resolved)
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
             path = Path(ckpt)
+            if not path.exists():
+                # Lightning would find this only when fit starts: after the minutes of any warm-up.
+                raise ReflectRLError(f"--ckpt_path {ckpt}: no such checkpoint file")
             if path.is_dir():
                 raise ReflectRLError(f"--ckpt_path {ckpt}: is a folder, not a checkpoint file")
             if path.is_file() and not zipfile.is_zipfile(path):

@@ -287,7 +287,20 @@ def test_missing_checkpoint_file(config_writer, tmp_path: Path, capsys: pytest.C
     config = config_writer("policy_sft_tiny")
     missing = tmp_path / "runs" / "nope" / "last.ckpt"
     line = one_error_line(["test", "--config", str(config), "--ckpt_path", str(missing)], capsys)
-    assert str(missing) in line
+    assert str(missing) in line and "no such checkpoint file" in line
+
+
+def test_a_missing_checkpoint_fails_before_the_warm_up_runs(
+    config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_writer("policy_sft_tiny")
+    marker = tmp_path / "warm-up-ran"
+    step = {"creates": str(marker), "args": ["generate", "--config", str(tmp_path / "never-read.yaml")]}
+    missing = tmp_path / "nope.ckpt"
+    args = ["fit", "--config", str(config), "--warmup", json.dumps([step]), "--ckpt_path", str(missing)]
+    line = one_error_line(args, capsys)
+    assert f"--ckpt_path {missing}: no such checkpoint file" in line
+    assert not marker.exists()
 
 
 def test_an_abbreviated_key_is_not_taken_for_the_full_one(config_writer, capsys: pytest.CaptureFixture[str]) -> None:
