@@ -159,10 +159,12 @@ def read_jsonl(path: str | os.PathLike[str], required: Mapping[str, FieldType]) 
                 raise DataError(f"{where}: invalid JSON (not UTF-8 text)") from None
             if not line.strip():
                 continue
+            text = line.rstrip("\r\n")  # else a truncated record's error points at "line 2 column 1"
             try:
-                record = json.loads(line)
+                record = json.loads(text)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+                place = "at the end of the line: truncated?" if error.pos >= len(text) else f"at column {error.pos + 1}"
+                raise DataError(f"{where}: invalid JSON ({error.msg} {place})") from None
             except RecursionError:
                 raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
             validate_record(record, required, where)

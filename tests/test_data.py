@@ -94,7 +94,8 @@ GOOD = json.dumps(policy_record())
 @pytest.mark.parametrize(
     ("lines", "line", "message"),
     [
-        ([GOOD, '{"env": '], 2, "invalid JSON ("),
+        ([GOOD, '{"env": '], 2, "invalid JSON (Expecting value at the end of the line: truncated?)"),
+        ([GOOD, '{"env" 1}'], 2, "invalid JSON (Expecting ':' delimiter at column 8)"),
         ([GOOD, "", "[1, 2]"], 3, "record must be a JSON object, got list"),
         ([json.dumps({k: v for k, v in policy_record().items() if k != "stage"})], 1, "missing key 'stage'"),
         ([GOOD, json.dumps(policy_record(action="1"))], 2, "key 'action' must be int, got str"),
