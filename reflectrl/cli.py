@@ -197,7 +197,7 @@ class ReflectRLCLI(LightningCLI):
         except SystemExit:
             # Lightning catches Ctrl-C inside fit/validate/test, shuts down gracefully and calls
             # sys.exit(1): report it as the interruption it was (main prints one line, status 130).
-            if getattr(self, "trainer", None) is not None and self.trainer.interrupted:
+            if self.trainer.interrupted:
                 raise KeyboardInterrupt from None
             raise
 

@@ -44,6 +44,31 @@ def one_error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return errors[0]
 
 
+def warm_up_that_must_not_run(tmp_path: Path) -> tuple[list[str], Path]:
+    """``--warmup`` arguments of one step whose output is missing, and the path it would create:
+    a check that must fail before the warm-up leaves that path absent."""
+    marker = tmp_path / "warm-up-ran"
+    step = {"creates": str(marker), "args": ["generate", "--config", str(tmp_path / "never-read.yaml")]}
+    return ["--warmup", json.dumps([step])], marker
+
+
+def interrupted_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``main(args)`` where a KeyboardInterrupt is raised inside: one line, status 130."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    capsys.readouterr()
+    try:
+        code = run_main(args)
+    except KeyboardInterrupt:  # escaping main would also stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped main()")
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT during its shutdown
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
+
+
 def runs_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("version_*") if p.is_dir())
 
@@ -294,10 +319,9 @@ def test_a_missing_checkpoint_fails_before_the_warm_up_runs(
     config_writer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = config_writer("policy_sft_tiny")
-    marker = tmp_path / "warm-up-ran"
-    step = {"creates": str(marker), "args": ["generate", "--config", str(tmp_path / "never-read.yaml")]}
+    warm_up, marker = warm_up_that_must_not_run(tmp_path)
     missing = tmp_path / "nope.ckpt"
-    args = ["fit", "--config", str(config), "--warmup", json.dumps([step]), "--ckpt_path", str(missing)]
+    args = ["fit", "--config", str(config), *warm_up, "--ckpt_path", str(missing)]
     line = one_error_line(args, capsys)
     assert f"--ckpt_path {missing}: no such checkpoint file" in line
     assert not marker.exists()
@@ -454,9 +478,8 @@ def test_a_bad_trainer_value_fails_before_the_warm_up_runs(
     """The warm-up (data, both SFT stages) takes minutes: a Trainer value Lightning refuses must
     fail before it starts, not when the RL Trainer is finally built."""
     config = config_writer("policy_sft_tiny")
-    marker = tmp_path / "warm-up-ran"
-    step = {"creates": str(marker), "args": ["generate", "--config", str(tmp_path / "never-read.yaml")]}
-    args = ["fit", "--config", str(config), "--warmup", json.dumps([step]), "--trainer.strategy", "not-a-strategy"]
+    warm_up, marker = warm_up_that_must_not_run(tmp_path)
+    args = ["fit", "--config", str(config), *warm_up, "--trainer.strategy", "not-a-strategy"]
     line = one_error_line(args, capsys)
     assert "config key 'trainer'" in line and "not-a-strategy" in line
     assert not marker.exists()
@@ -486,14 +509,7 @@ def test_ctrl_c_during_generate_is_one_line_and_status_130(
     monkeypatch.setattr(reflectrl.generate.DataGenerator, "run", interrupted)
     args = ["generate", "--config", str(REPO / "configs" / "taxi_data.yaml"), "--episodes", TINY_EPISODES,
             "--output_dir", str(tmp_path / "data")]
-    capsys.readouterr()
-    try:
-        code = run_main(args)
-    except KeyboardInterrupt:  # escaping main would also stop pytest itself
-        pytest.fail("KeyboardInterrupt escaped main()")
-    assert code == 130
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
+    interrupted_main(args, capsys)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -502,23 +518,10 @@ def test_ctrl_c_during_fit_is_one_line_and_status_130(
 ) -> None:
     """Lightning catches Ctrl-C inside the Trainer and exits with status 1 after its graceful
     shutdown; the CLI must still report the interruption as one line and status 130."""
-    import signal
-
     from reflectrl.modules.reflection_sft import ReflectionSFTModule
 
     def interrupted(self: ReflectionSFTModule, batch: Any, batch_idx: int) -> torch.Tensor:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ReflectionSFTModule, "training_step", interrupted)
-    config = config_writer("reflection_sft_tiny")
-    handler = signal.getsignal(signal.SIGINT)
-    capsys.readouterr()
-    try:
-        code = run_main(["fit", "--config", str(config)])
-    except KeyboardInterrupt:
-        pytest.fail("KeyboardInterrupt escaped main()")
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT during its shutdown
-    assert code == 130
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1] == "reflectrl: interrupted", err
+    interrupted_main(["fit", "--config", str(config_writer("reflection_sft_tiny"))], capsys)
