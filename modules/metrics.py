@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
+from reflectrl.provenance import environment
 from reflectrl.rollout import Episode
 
 EPISODE_METRICS = ("success_rate", "mean_return", "crash_rate", "invalid_choice_rate", "mean_length")
@@ -72,11 +73,13 @@ def write_results(path: str | Path, env_id: str, per_stage: dict[str, dict[str, 
     """Write ``[{"env", "stage", "episodes", "success_rate", ...}, ...]`` atomically.
 
     Rows written by an evaluation also say what they cover: ``split``, the ``seeds`` range and
-    the number of ``distinct_starts`` among them."""
+    the number of ``distinct_starts`` among them. Beside it, ``environment.json`` records the CPU and
+    package versions the figures were measured with (:mod:`reflectrl.provenance`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"env": env_id, "stage": stage, **values, **extra} for stage, values in per_stage.items()]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    os.replace(tmp, path)
+    for target, content in ((path.with_name("environment.json"), environment()), (path, rows)):
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(tmp, target)
     return path

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import transformers
 import yaml
 from conftest import REPO, run_main, write_config
 
@@ -202,6 +203,12 @@ def test_test_plays_the_environment_and_writes_results(pipeline: dict[str, Path]
         assert math.isfinite(row["mean_return"])
         # Every episode ends in success, a crash or the horizon: the rates are consistent.
         assert row["success_rate"] + row["crash_rate"] <= 1.0
+    # Beside the figures: the CPU kernels and package versions they were measured with.
+    measured_with = json.loads((results[0].parent / "environment.json").read_text())
+    assert measured_with["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert measured_with["torch_threads"] == 1  # the tiny configs pin cpu_threads
+    assert measured_with["packages"]["torch"] == torch.__version__
+    assert measured_with["packages"]["transformers"] == transformers.__version__
 
 
 def test_fast_dev_run_writes_no_checkpoint_and_keeps_the_export(
