@@ -2,8 +2,8 @@
 
 Written as ``environment.json`` beside every ``results.json``. A fixed seed reproduces a run bit for
 bit only on the same kernels: with the same code, the tiny Taxi players' held-out success moved
-by 14 points when this project's machine changed from an AVX2 to an AVX-512 CPU (README,
-Results), so a figure is comparable only with figures of the same ``cpu_capability`` and versions.
+by 14 points, most likely because this project's machine changed from an AVX2 to an AVX-512 CPU
+(README, Results); a figure is comparable only with figures of the same ``cpu_capability`` and versions.
 """
 
 from __future__ import annotations
