@@ -23,7 +23,10 @@ from reflectrl.envs.taxi import start_states
 from reflectrl.modules.rlft import RLFTModule
 from reflectrl.rollout import play_episodes
 
-ACTING = {"reflect": True, "reflection_max_tokens": 96, "max_prompt_tokens": 512}
+ACTING = {
+    "reflect": True, "reflection_max_tokens": 96, "max_prompt_tokens": 512,
+    "labels": "commands", "list_actions": False, "space_in_answer": True,
+}
 """The acting settings of configs/taxi_rlft.yaml (and its evaluation)."""
 
 
