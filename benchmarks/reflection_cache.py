@@ -31,6 +31,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from benchmarks.taxi_distinct_starts import ACTING as TAXI_ACTING
 from reflectrl.backbone import BackboneConfig, build_backbone, export_backbone
 from reflectrl.datamodules.online import OnlineEnvDataModule
 from reflectrl.modules.rlft import RLFTModule
@@ -58,7 +59,7 @@ def run(cache_size: int, reflection: str, policy: str, args: argparse.Namespace)
     module = RLFTModule(
         backbone=BackboneConfig(name_or_path=policy),
         reflector=BackboneConfig(name_or_path=reflection),
-        acting={"reflect": True, "reflection_max_tokens": 96, "max_prompt_tokens": 512},
+        acting=TAXI_ACTING,
         reflection_cache_size=cache_size,
     )
     data = OnlineEnvDataModule(stage=args.stage, split="train", episodes_per_batch=args.episodes, seed=0)

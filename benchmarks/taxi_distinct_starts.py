@@ -13,9 +13,11 @@ prints the largest weight difference between them (did RL change the policy at a
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import gymnasium
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from reflectrl.backbone import BackboneConfig
@@ -23,11 +25,9 @@ from reflectrl.envs.taxi import start_states
 from reflectrl.modules.rlft import RLFTModule
 from reflectrl.rollout import play_episodes
 
-ACTING = {
-    "reflect": True, "reflection_max_tokens": 96, "max_prompt_tokens": 512,
-    "labels": "commands", "list_actions": False, "space_in_answer": True,
-}
-"""The acting settings of configs/taxi_rlft.yaml (and its evaluation)."""
+MAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "taxi_rlft.yaml"
+ACTING: dict = yaml.safe_load(MAIN_CONFIG.read_text())["model"]["init_args"]["acting"]
+"""The acting settings of configs/taxi_rlft.yaml (and its evaluation), read from it so they never drift."""
 
 
 def solved_starts(policy: str, reflector: str, stage: str, split: str) -> tuple[int, int]:
