@@ -31,7 +31,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from benchmarks.taxi_distinct_starts import ACTING as TAXI_ACTING
+from benchmarks import acting_settings
 from reflectrl.backbone import BackboneConfig, build_backbone, export_backbone
 from reflectrl.datamodules.online import OnlineEnvDataModule
 from reflectrl.modules.rlft import RLFTModule
@@ -59,7 +59,7 @@ def run(cache_size: int, reflection: str, policy: str, args: argparse.Namespace)
     module = RLFTModule(
         backbone=BackboneConfig(name_or_path=policy),
         reflector=BackboneConfig(name_or_path=reflection),
-        acting=TAXI_ACTING,
+        acting=acting_settings(),
         reflection_cache_size=cache_size,
     )
     data = OnlineEnvDataModule(stage=args.stage, split="train", episodes_per_batch=args.episodes, seed=0)

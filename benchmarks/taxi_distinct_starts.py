@@ -13,27 +13,24 @@ prints the largest weight difference between them (did RL change the policy at a
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import gymnasium
 import torch
-import yaml
 from safetensors.torch import load_file
 
+from benchmarks import acting_settings
 from reflectrl.backbone import BackboneConfig
 from reflectrl.envs.taxi import start_states
 from reflectrl.modules.rlft import RLFTModule
 from reflectrl.rollout import play_episodes
 
-MAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "taxi_rlft.yaml"
-ACTING: dict = yaml.safe_load(MAIN_CONFIG.read_text())["model"]["init_args"]["acting"]
-"""The acting settings of configs/taxi_rlft.yaml (and its evaluation), read from it so they never drift."""
-
 
 def solved_starts(policy: str, reflector: str, stage: str, split: str) -> tuple[int, int]:
     """(starts solved, starts) of ``stage`` in ``split``, each start played once."""
     module = RLFTModule(
-        backbone=BackboneConfig(name_or_path=policy), reflector=BackboneConfig(name_or_path=reflector), acting=ACTING
+        backbone=BackboneConfig(name_or_path=policy),
+        reflector=BackboneConfig(name_or_path=reflector),
+        acting=acting_settings(),
     ).eval()
     agent = module.agent(evaluation=True)
     starts = start_states(stage, split)
@@ -48,7 +45,9 @@ def solved_starts(policy: str, reflector: str, stage: str, split: str) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--policy", action="append", help="policy export folder (repeatable)")
     parser.add_argument("--reflector", default="runs/taxi/models/reflection")
     parser.add_argument("--split", default="test")
