@@ -1,7 +1,8 @@
 """Benchmarks, each run as ``python -m benchmarks.NAME`` and printing ratios measured in one run.
 
-The Taxi benchmarks play with the acting settings of ``configs/taxi_rlft.yaml`` (the main
-command, whose evaluation uses them too), read from that file when called so they never drift.
+Benchmarks that play an env act with the acting settings of the shipped RL config (the Taxi ones
+``configs/taxi_rlft.yaml``, the ALFWorld one ``configs/alfworld_rlft.yaml``), read from that file
+when called so they never drift from it.
 """
 
 from __future__ import annotations

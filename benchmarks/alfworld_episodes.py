@@ -18,6 +18,7 @@ import gymnasium
 import torch
 
 import reflectrl.envs  # noqa: F401  (registers the envs)
+from benchmarks import acting_settings
 from reflectrl.agent import ActingSettings, TwoPlayerAgent
 from reflectrl.backbone import BackboneConfig
 from reflectrl.envs.alfworld import ENV_ID, PAPER_STAGE
@@ -39,7 +40,7 @@ def main() -> None:
     device = torch.device("cpu")
     policy, policy_tokenizer = build_frozen_player(BackboneConfig(name_or_path=args.policy), device)
     reflector, reflector_tokenizer = build_frozen_player(BackboneConfig(name_or_path=args.reflection), device)
-    settings = ActingSettings(reflect=True, reflection_max_tokens=64, max_prompt_tokens=1024, labels="commands")
+    settings = ActingSettings(**acting_settings("alfworld_rlft.yaml"))
     agent = TwoPlayerAgent(policy, policy_tokenizer, reflector, reflector_tokenizer, settings)
     envs = [gymnasium.make(ENV_ID, data_root=args.data_root, horizon=30) for _ in range(BATCH)]
     wins = 0

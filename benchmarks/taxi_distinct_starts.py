@@ -45,9 +45,7 @@ def solved_starts(policy: str, reflector: str, stage: str, split: str) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", action="append", help="policy export folder (repeatable)")
     parser.add_argument("--reflector", default="runs/taxi/models/reflection")
     parser.add_argument("--split", default="test")
